@@ -1,0 +1,50 @@
+"""Shared fixtures. Real-data tests read ``../shared/data`` (override with RETENTIONRL_SHARED_DATA); in CI a
+missing folder is a failure, elsewhere those tests are skipped."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from retentionrl.data import load_dataset, sample_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared() -> Path:
+    return Path(os.environ.get("RETENTIONRL_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = _shared()
+    if not (path / "kuairand-pure").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"shared data not found at {path} (set RETENTIONRL_SHARED_DATA)")
+        pytest.skip(f"shared data not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def kuairand_slice(shared_data):
+    return load_dataset("kuairand-pure", shared_data / "kuairand-pure")
+
+
+@pytest.fixture(scope="session")
+def sample():
+    return load_dataset("kuairand-pure")
+
+
+@pytest.fixture()
+def tiny_kuairand(tmp_path) -> Path:
+    """A writable KuaiRand folder: the first 40 log rows of the shipped sample plus its feature files."""
+    src = sample_dir()
+    log = pd.read_csv(next(src.glob("log_standard_*.csv.gz")), nrows=40)
+    log.to_csv(tmp_path / "log_standard_tiny.csv", index=False)
+    for name in ("user_features_pure.csv.gz", "video_features_basic_pure.csv.gz"):
+        shutil.copy(src / name, tmp_path / name)
+    return tmp_path

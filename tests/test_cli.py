@@ -1,0 +1,30 @@
+"""The CLI on the shipped sample and the shared slice."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from retentionrl.cli import main
+
+
+def test_stats_json_on_sample(capsys):
+    assert main(["data", "stats", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["users"] == 6000 and s["source"]["sample"] is True
+    assert abs(sum(s["return_day_histogram"].values()) - 1) < 1e-9
+    assert s["sessions"] == s["observed_returns"] + s["censored_sessions"]
+    assert set(s["behaviour_rates"]) == {"click", "long_view", "like", "comment", "forward", "follow", "hate"}
+
+
+def test_stats_json_on_shared_slice(capsys, shared_data):
+    assert main(["data", "stats", "--json", "--data-dir", str(shared_data / "kuairand-pure")]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert (s["users"], s["items"], s["interactions"], s["sessions"]) == (24_448, 6_153, 180_384, 96_512)
+    assert round(s["return_day_histogram"]["1"], 2) == 0.60
+
+
+def test_demo_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "retentionrl.cli", "demo"], capture_output=True, text=True, check=True)
+    assert "shipped sample" in out.stdout and "return-day histogram" in out.stdout
