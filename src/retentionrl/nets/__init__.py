@@ -1,0 +1,1 @@
+"""Networks shared across stages: feature encoders, the history transformer, MLPs."""

@@ -1,0 +1,1 @@
+"""Simulator stage: response, leave and return models; the batched cross-session environment."""

@@ -1,0 +1,190 @@
+"""Build a simulator bundle from logs: response model, learned leave and return models, per-user return terms."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from retentionrl import __version__
+from retentionrl.config import to_dict
+from retentionrl.data import load_dataset, sessionize
+from retentionrl.data.schema import BEHAVIOURS, Interactions
+from retentionrl.data.sessions import Sessions
+from retentionrl.errors import RetentionRLError
+from retentionrl.simulator.bundle import FORMAT_VERSION, Simulator
+from retentionrl.simulator.leave import fit_learned_leave, leave_features
+from retentionrl.simulator.response import ResponseConfig, ResponseModel, train_response_model
+from retentionrl.simulator.returns import fit_learned_return, fit_personal_term, session_features
+
+
+@dataclass
+class BuildConfig:
+    dataset: str = "kuairand-pure"
+    data_dir: str | None = None  # None: the shipped sample
+    seed: int = 0
+    max_return_day: int = 10
+    test_user_fraction: float = 0.2  # users held out for the return model's likelihood and for evaluation
+    personal_prior: float = 2.0  # Beta-prior pseudo-returns for the per-user geometric term
+    max_users: int | None = None  # keep a random subset of users (quick builds)
+    response: ResponseConfig = field(default_factory=ResponseConfig)
+
+
+def reward_weights(data: Interactions) -> list[float]:
+    """KuaiSim's immediate-reward weights: #positives / #negatives of each behaviour, negative for hate."""
+    w = []
+    for b in BEHAVIOURS:
+        if b not in data.behaviours:
+            w.append(0.0)
+            continue
+        pos = float(data.log[b].sum())
+        ratio = pos / max(len(data.log) - pos, 1.0)
+        w.append(-ratio if b == "hate" else ratio)
+    return w
+
+
+def _initial_histories(data: Interactions, H: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(U, H) items, (U, H, 8) response tokens, (U, H) pad: each user's last H logged exposures, oldest first."""
+    log = data.log
+    user = log["user_id"].to_numpy()
+    pos_from_end = (log.groupby("user_id").cumcount(ascending=False)).to_numpy()  # 0 = the user's last row
+    keep = pos_from_end < H
+    slot = H - 1 - pos_from_end[keep]
+    items = torch.zeros(data.n_users, H, dtype=torch.long)
+    resp = torch.zeros(data.n_users, H, len(BEHAVIOURS) + 1)
+    pad = torch.ones(data.n_users, H, dtype=torch.bool)
+    u = torch.as_tensor(user[keep])
+    s = torch.as_tensor(slot)
+    items[u, s] = torch.tensor(log["item_id"].to_numpy()[keep])
+    tok = ResponseModel.token_features(
+        torch.tensor(log[list(BEHAVIOURS)].to_numpy(np.float32)[keep]),
+        torch.tensor(log["watch_time"].to_numpy(np.float32)[keep]),
+    )
+    resp[u, s] = tok
+    pad[u, s] = False
+    return items, resp, pad
+
+
+def _item_table(data: Interactions, column: str) -> torch.Tensor:
+    out = np.full(data.n_items, -1, dtype=np.int64)
+    out[data.log["item_id"].to_numpy()] = data.log[column].to_numpy()
+    return torch.as_tensor(out)
+
+
+def _session_rows(data: Interactions, sessions: Sessions) -> tuple[np.ndarray, np.ndarray]:
+    """Per log row: 1-based rank within its session, and whether it is the session's last row."""
+    sid = pd.Series(sessions.session_of)
+    rank = sid.groupby(sid).cumcount().to_numpy() + 1
+    last = rank == sessions.table["length"].to_numpy()[sessions.session_of]
+    return rank, last
+
+
+def build_simulator(cfg: BuildConfig, progress: bool = True, log=print) -> Simulator:
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    data = load_dataset(cfg.dataset, cfg.data_dir)
+    if cfg.max_users is not None and cfg.max_users < data.n_users:
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(data.n_users, cfg.max_users, replace=False))
+        data = data.subset_users(keep)
+    if data.log["day"].nunique() < 2:
+        raise RetentionRLError(f"{data.name}: the log covers one day; a time split needs at least two")
+    sessions = sessionize(data, "day")
+    log(f"[build] {data.name}: {data.n_users:,} users, {data.n_items:,} items, {data.n_interactions:,} "
+        f"exposures, {len(sessions):,} sessions")
+
+    fit = train_response_model(data, cfg.response, seed=cfg.seed, progress=progress)
+    auc_line = ", ".join(f"{b} {v['model']:.3f} (pop {v['popularity']:.3f})" for b, v in fit.auc.items() if v["model"] is not None)
+    log(f"[build] response model held-out-day AUC: {auc_line}")
+
+    # Leave model: one example per logged exposure; label = it was the last of its session. Time split.
+    rank, last = _session_rows(data, sessions)
+    resp = torch.tensor(data.log[list(BEHAVIOURS)].to_numpy(np.float32))
+    lfeat = leave_features(fit.states_after, torch.as_tensor(rank), resp)
+    last_day = int(data.log["day"].max())
+    lfit = fit_learned_leave(lfeat, torch.as_tensor(last), torch.as_tensor(data.log["day"].to_numpy() == last_day), seed=cfg.seed)
+    log(f"[build] leave model held-out NLL {lfit.heldout_nll:.4f} (constant {lfit.constant_nll:.4f}), AUC {lfit.heldout_auc:.3f}")
+
+    # Return model: one example per session, at its last exposure; split by user.
+    t = sessions.table
+    rng = np.random.default_rng(cfg.seed + 1)
+    test_users = np.zeros(data.n_users, dtype=bool)
+    test_users[rng.permutation(data.n_users)[: int(round(cfg.test_user_fraction * data.n_users))]] = True
+    last_row = np.flatnonzero(last)[np.argsort(sessions.session_of[last], kind="stable")]
+    prev_gap = np.r_[0.0, t["return_gap"].to_numpy()[:-1]]
+    prev_gap = np.where(t["index_in_user"].to_numpy() == 0, 0.0, np.nan_to_num(prev_gap))
+    counts = torch.tensor(t[[f"n_{b}" for b in BEHAVIOURS]].to_numpy(np.float32))
+    length = torch.tensor(t["length"].to_numpy())
+    rfeat = session_features(
+        fit.states_after[last_row], length, counts, length, torch.tensor(t["watch_time"].to_numpy()),
+        torch.tensor(t["index_in_user"].to_numpy()), torch.tensor(prev_gap),
+    )
+    censored = torch.tensor(t["censored"].to_numpy())
+    gap = torch.tensor(np.nan_to_num(t["return_gap"].to_numpy(), nan=1.0))
+    rfit = fit_learned_return(
+        rfeat, gap, censored, torch.tensor(t["observed_days"].to_numpy()),
+        torch.as_tensor(test_users[t["user_id"].to_numpy()]), cfg.max_return_day, seed=cfg.seed,
+    )
+    log(f"[build] return model held-out NLL {rfit.heldout_nll:.4f} (best constant {rfit.constant_nll:.4f})")
+
+    init_items, init_resp, init_pad = _initial_histories(data, cfg.response.window)
+    weights = reward_weights(data)
+    w = torch.tensor(weights)
+    ref_reward = float((resp @ w).mean())
+    tensors = {
+        "init_items": init_items, "init_resp": init_resp, "init_pad": init_pad,
+        "personal": fit_personal_term(sessions, data.n_users, cfg.personal_prior),
+        "item_tag": _item_table(data, "tag"), "item_author": _item_table(data, "author_id"),
+        "test_users": torch.as_tensor(test_users),
+    }
+    obs_gaps = sessions.observed["return_gap"].to_numpy()
+    real = {
+        "behaviour_rates": data.behaviour_rates(),
+        "mean_session_length": float(t["length"].mean()),
+        "session_length_hist": np.bincount(np.minimum(t["length"].to_numpy(), 20), minlength=21)[1:].tolist(),
+        "return_day_hist": np.bincount(np.minimum(obs_gaps, cfg.max_return_day).astype(int), minlength=cfg.max_return_day + 1)[1:].tolist(),
+        "observed_days_hist": np.bincount(np.minimum(t["observed_days"].to_numpy(), 60), minlength=61).tolist(),
+        "mean_return_day": float(obs_gaps.mean()) if len(obs_gaps) else None,
+    }
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "retentionrl_version": __version__,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "build_seconds": None,
+        "dataset": data.name,
+        "source": {k: v for k, v in data.source.items() if k != "dir"},
+        "n_users": data.n_users,
+        "n_items": data.n_items,
+        "n_interactions": data.n_interactions,
+        "behaviours": list(data.behaviours),
+        "user_cardinalities": list(data.user_features.categorical.values()),
+        "item_cardinalities": list(data.item_features.categorical.values()),
+        "reward_weights": weights,
+        "reference_reward": ref_reward,
+        "watch_sigma": fit.watch_sigma,
+        "max_return_day": cfg.max_return_day,
+        "auc": fit.auc,
+        "watch_rmse": fit.watch_rmse,
+        "response_history": fit.history,
+        "leave_in_dim": int(lfeat.shape[1]),
+        "leave_fit": {"heldout_nll": lfit.heldout_nll, "constant_nll": lfit.constant_nll, "heldout_auc": lfit.heldout_auc},
+        "return_in_dim": int(rfeat.shape[1]),
+        "return_fit": {"heldout_nll": rfit.heldout_nll, "constant_nll": rfit.constant_nll,
+                       "constant_probs": rfit.constant_probs, "n_train": rfit.n_train, "n_test": rfit.n_test},
+        "real": real,
+    }
+    meta["build_seconds"] = round(time.time() - t0, 1)
+    sim = Simulator(fit.model.eval(), lfit.model.eval(), rfit.model.eval(), tensors, meta, to_dict(cfg))
+    log(f"[build] done in {meta['build_seconds']:.0f}s")
+    return sim
+
+
+def build_and_save(cfg: BuildConfig, out: str | Path, progress: bool = True, log=print) -> Path:
+    sim = build_simulator(cfg, progress=progress, log=log)
+    return sim.save(out)

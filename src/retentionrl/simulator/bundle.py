@@ -1,0 +1,186 @@
+"""A simulator bundle: everything needed to run the environment, in one directory.
+
+    BUNDLE/
+      config.yaml   how it was built (dataset, seeds, response-model hyper-parameters)
+      meta.json     sizes, behaviours, reward weights, fit reports (AUC table, leave / return held-out scores)
+      weights.pt    tensors only (response / leave / return weights, feature tables, initial histories,
+                    per-user return terms); loaded with ``torch.load(weights_only=True)``
+
+The directory is written to a temporary sibling and renamed into place, so a crash never leaves half a bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor
+
+from retentionrl.config import from_dict
+from retentionrl.errors import RetentionRLError
+from retentionrl.nets.encoders import FeatureTensors
+from retentionrl.simulator.env import EnvConfig, RetentionEnv, preset
+from retentionrl.simulator.leave import LearnedLeave, TemperLeave
+from retentionrl.simulator.response import ResponseConfig, ResponseModel
+from retentionrl.simulator.returns import GeometricReturn, LearnedReturn
+
+FORMAT_VERSION = 1
+FILES = ("config.yaml", "meta.json", "weights.pt")
+TENSORS = ("init_items", "init_resp", "init_pad", "personal", "item_tag", "item_author", "test_users")
+
+
+class BundleError(RetentionRLError):
+    """A missing, corrupt or mismatched simulator bundle."""
+
+
+class Simulator:
+    """The learned user model plus the tables the environment needs. ``make_env`` gives a :class:`RetentionEnv`."""
+
+    def __init__(self, response: ResponseModel, leave: LearnedLeave | None, returns: LearnedReturn | None,
+                 tensors: dict[str, Tensor], meta: dict[str, Any], build_config: dict[str, Any]) -> None:
+        self.response, self.leave_model, self.return_model = response, leave, returns
+        self.tensors, self.meta, self.build_config = tensors, meta, build_config
+        for name in TENSORS:
+            setattr(self, name, tensors[name])
+        self.n_users = int(meta["n_users"])
+        self.n_items = int(meta["n_items"])
+        self.reward_weights: list[float] = list(meta["reward_weights"])
+        self.watch_sigma = float(meta["watch_sigma"])
+        self.max_return_day = int(meta["max_return_day"])
+
+    # --- pieces the environment asks for -------------------------------------------------------------------
+    def user_pool(self, which: str) -> Tensor:
+        ids = torch.arange(self.n_users)
+        if which == "all":
+            return ids
+        pool = ids[self.test_users] if which == "test" else ids[~self.test_users]
+        if len(pool) == 0:
+            raise RetentionRLError(f"the bundle has no '{which}' users")
+        return pool
+
+    def make_leave(self, cfg: EnvConfig, n: int):
+        lc = cfg.leave
+        if lc.kind == "learned":
+            if self.leave_model is None:
+                raise RetentionRLError("this bundle has no learned leave model")
+            return self.leave_model
+        drop = lc.satisfaction_drop if lc.kind == "satisfaction" else 0.0
+        return TemperLeave(n, lc.initial_temper, drop, float(self.meta["reference_reward"]))
+
+    def make_returns(self, cfg: EnvConfig):
+        rc = cfg.returns
+        if rc.kind == "learned":
+            if self.return_model is None:
+                raise RetentionRLError("this bundle has no learned return model")
+            if cfg.max_return_day != self.return_model.max_day:
+                raise RetentionRLError(
+                    f"the learned return model covers days 1..{self.return_model.max_day}; "
+                    f"max_return_day {cfg.max_return_day} does not match"
+                )
+            return self.return_model
+        personal = self.personal * rc.personal_scale if rc.personal == "fitted" else None
+        return GeometricReturn(cfg.max_return_day, rc.bias, rc.feedback_influence, personal)
+
+    def make_env(self, cfg: EnvConfig | str = "kuaisim", **overrides) -> RetentionEnv:
+        if isinstance(cfg, str):
+            cfg = preset(cfg, **overrides)
+        elif overrides:
+            raise RetentionRLError("overrides go with a preset name, not with an EnvConfig")
+        return RetentionEnv(self, cfg)
+
+    # --- persistence ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Tensor]:
+        out = {f"response.{k}": v for k, v in self.response.state_dict().items()}
+        if self.leave_model is not None:
+            out.update({f"leave.{k}": v for k, v in self.leave_model.state_dict().items()})
+        if self.return_model is not None:
+            out.update({f"return.{k}": v for k, v in self.return_model.state_dict().items()})
+        out.update({f"table.{k}": v for k, v in self.tensors.items()})
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            (tmp / "config.yaml").write_text(yaml.safe_dump(self.build_config, sort_keys=False))
+            (tmp / "meta.json").write_text(json.dumps(self.meta, indent=2) + "\n")
+            torch.save(self.state_dict(), tmp / "weights.pt")
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Simulator":
+        path = Path(path)
+        if not path.is_dir():
+            raise BundleError(f"{path}: not a simulator bundle directory (build one with 'retentionrl simulator build')")
+        for name in FILES:
+            if not (path / name).is_file():
+                raise BundleError(f"{path}: bundle file '{name}' is missing")
+        try:
+            build_config = yaml.safe_load((path / "config.yaml").read_text())
+            meta = json.loads((path / "meta.json").read_text())
+        except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{path}: corrupt bundle metadata ({str(exc).splitlines()[0]})") from None
+        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+            raise BundleError(f"{path}/meta.json: unsupported bundle format {meta.get('format_version') if isinstance(meta, dict) else meta!r} (expected {FORMAT_VERSION})")
+        try:
+            weights = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a damaged zip/pickle
+            raise BundleError(f"{path}/weights.pt: cannot read weights ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        try:
+            return cls._from_parts(build_config, meta, weights)
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise BundleError(f"{path}: weights do not match the bundle's metadata ({str(exc).splitlines()[0][:300]})") from None
+
+    @classmethod
+    def _from_parts(cls, build_config: dict, meta: dict, weights: dict[str, Tensor]) -> "Simulator":
+        def part(prefix: str) -> dict[str, Tensor]:
+            return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+
+        resp_sd = part("response.")
+        users = FeatureTensors(resp_sd["user_cat"], resp_sd["user_num"], list(meta["user_cardinalities"]))
+        items = FeatureTensors(resp_sd["item_cat"], resp_sd["item_num"], list(meta["item_cardinalities"]))
+        rcfg = from_dict(ResponseConfig, build_config["response"], "config.yaml response")
+        response = ResponseModel(users, items, rcfg)
+        response.load_state_dict(resp_sd, strict=True)
+        leave = ret = None
+        if meta.get("leave_in_dim"):
+            leave = LearnedLeave(int(meta["leave_in_dim"]))
+            leave.load_state_dict(part("leave."), strict=True)
+        if meta.get("return_in_dim"):
+            ret = LearnedReturn(int(meta["return_in_dim"]), int(meta["max_return_day"]))
+            ret.load_state_dict(part("return."), strict=True)
+        tables = part("table.")
+        missing = [t for t in TENSORS if t not in tables]
+        if missing:
+            raise KeyError(f"table '{missing[0]}' missing from weights.pt")
+        n_users, n_items = int(meta["n_users"]), int(meta["n_items"])
+        for name, rows in (("init_items", n_users), ("personal", n_users), ("test_users", n_users),
+                           ("item_tag", n_items), ("item_author", n_items)):
+            if tables[name].shape[0] != rows:
+                raise ValueError(f"table '{name}' has {tables[name].shape[0]} rows, meta.json says {rows}")
+        if response.item_cat.shape[0] != n_items or response.user_cat.shape[0] != n_users:
+            raise ValueError("feature tables do not match n_users / n_items")
+        return cls(response.eval(), leave, ret, tables, meta, build_config)
+
+
+def describe(sim: Simulator) -> dict[str, Any]:
+    """Short summary for the CLI."""
+    return {k: sim.meta[k] for k in ("dataset", "n_users", "n_items", "auc", "leave_fit", "return_fit") if k in sim.meta}
+

@@ -1,0 +1,273 @@
+"""The batched cross-session environment (torch; no per-user Python loop in ``step``).
+
+One row of the batch is one simulated user. Each ``step`` is one request: rank candidates, show the top-K slate,
+sample the user's 7 behaviours per item from the response model, then ask the leave model whether the session
+ends; at a session end ask the return model on which day the user comes back. A session end is *not* terminal:
+the same user continues with their history; the user's episode ends after ``max_sessions`` sessions, when the
+row is refilled with a fresh user (auto-reset, same step; ``next_obs`` keeps the true successor).
+
+Action modes: ``fusion`` — ``a`` (B, 7), score ``Σ_b a_b σ(logit_b(s, i))``; ``items`` — ``a`` (B, C) scores of
+the C candidates in ``obs.candidates``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import Tensor
+
+from retentionrl.data.schema import BEHAVIOURS
+from retentionrl.errors import RetentionRLError
+from retentionrl.simulator.leave import TemperLeave, leave_features
+from retentionrl.simulator.response import ResponseModel
+from retentionrl.simulator.returns import GeometricReturn, session_features
+
+if TYPE_CHECKING:
+    from retentionrl.simulator.bundle import Simulator
+
+NB = len(BEHAVIOURS)
+
+
+class ActionError(RetentionRLError):
+    """An action of the wrong shape or with NaN/inf."""
+
+
+@dataclass
+class LeaveConfig:
+    kind: Literal["temper", "satisfaction", "learned"] = "temper"
+    initial_temper: float = 5.0
+    satisfaction_drop: float = 2.0  # extra temper lost by a slate with zero reward ("satisfaction" only)
+
+
+@dataclass
+class ReturnConfig:
+    kind: Literal["geometric", "learned"] = "geometric"
+    bias: float = 0.4
+    feedback_influence: float = 0.1
+    personal: Literal["fitted", "none"] = "fitted"
+    personal_scale: float = 1.0
+
+
+@dataclass
+class EnvConfig:
+    n_users: int = 32  # batch of simultaneous users
+    slate_size: int = 6
+    max_sessions: int = 6
+    max_return_day: int = 10
+    action_mode: Literal["fusion", "items"] = "fusion"
+    candidates: int | None = None  # None: every item; else a fresh uniform sample of this many per request
+    reward_weights: list[float] | None = None  # per behaviour; None: the bundle's (KuaiSim's #pos/#neg, hate < 0)
+    retention_reward: Literal["neg_day_over_10", "inverse_day"] = "neg_day_over_10"
+    users: Literal["all", "train", "test"] = "all"  # which users fresh episodes draw from (bundle's split)
+    initial_history: Literal["logged", "empty"] = "logged"
+    leave: LeaveConfig = field(default_factory=LeaveConfig)
+    returns: ReturnConfig = field(default_factory=ReturnConfig)
+
+
+PRESETS: dict[str, dict] = {
+    # KuaiSim's cross-session scripts: 6 sessions, D = 10, temper 5, bias 0.4, feedback 0.1, slate 6, 32 users.
+    "kuaisim": {},
+    # Every part learned from the logs (one logged exposure = one request).
+    "learned": {"leave": {"kind": "learned"}, "returns": {"kind": "learned"}},
+}
+
+
+def preset(name: str, **overrides) -> EnvConfig:
+    from retentionrl.config import from_dict, merge
+
+    if name not in PRESETS:
+        raise RetentionRLError(f"unknown simulator preset '{name}' (known: {', '.join(PRESETS)})")
+    return from_dict(EnvConfig, merge(PRESETS[name], overrides), f"preset {name}")
+
+
+@dataclass
+class Obs:
+    """What a policy sees. B users, H history slots (oldest first, left-padded)."""
+
+    user: Tensor  # (B,) dense user id
+    hist_items: Tensor  # (B, H) item ids
+    hist_resp: Tensor  # (B, H, 8) 7 behaviours + log-watch feature
+    hist_pad: Tensor  # (B, H) True = empty slot
+    session_index: Tensor  # (B,) sessions completed in this episode
+    step_in_session: Tensor  # (B,) requests made so far in the current session
+    days_since_last: Tensor  # (B,) return gap that started this session (0 for the first)
+    candidates: Tensor  # (C,) item ids the next request ranks (shared by the batch)
+
+    def clone(self) -> "Obs":
+        return Obs(**{f.name: getattr(self, f.name).clone() for f in fields(self)})
+
+
+@dataclass
+class StepOutput:
+    slate: Tensor  # (B, K) item ids shown
+    responses: Tensor  # (B, K, 7) sampled 0/1 behaviours
+    watch_time: Tensor  # (B, K) seconds
+    reward: Tensor  # (B,) immediate reward Σ_b w_b mean_k y_b
+    session_end: Tensor  # (B,) bool
+    return_day: Tensor  # (B,) long, 1..D at a session end, else 0
+    retention_reward: Tensor  # (B,) at a session end, else 0
+    episode_end: Tensor  # (B,) bool: max_sessions reached (row auto-resets)
+    next_obs: Obs  # successor state of this step (before the auto-reset)
+    obs: Obs  # observation for the next action (after the auto-reset)
+    users: Tensor  # (B,) the users who acted this step (== next_obs.user)
+
+
+class RetentionEnv:
+    def __init__(self, sim: "Simulator", cfg: EnvConfig) -> None:
+        self.sim, self.cfg = sim, cfg
+        self.model: ResponseModel = sim.response.eval()
+        self.n_items = sim.n_items
+        self.H = self.model.cfg.window
+        self.K = cfg.slate_size
+        if cfg.slate_size > (cfg.candidates or self.n_items):
+            raise RetentionRLError(f"slate_size {cfg.slate_size} exceeds the number of candidates")
+        with torch.no_grad():
+            self.item_vecs = self.model.item_vectors()  # (N, D), cached: the scoring matrix
+            self.item_bias = (self.model.item_bias.weight + self.model.out_bias).contiguous()  # (N, 8)
+            self.beh_bias_t = self.item_bias[:, :NB].T.contiguous()  # (7, N)
+        w = cfg.reward_weights if cfg.reward_weights is not None else sim.reward_weights
+        if len(w) != NB:
+            raise RetentionRLError(f"reward_weights needs {NB} values ({', '.join(BEHAVIOURS)}), got {len(w)}")
+        self.w = torch.tensor(w, dtype=torch.float32)
+        self.pool = sim.user_pool(cfg.users)
+        B = cfg.n_users
+        self.leave = sim.make_leave(cfg, B)
+        self.returns = sim.make_returns(cfg)
+        self.gen = torch.Generator()
+        self.B = B
+        self._obs: Obs | None = None
+
+    # --- reset ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def reset(self, seed: int | None = None) -> Obs:
+        if seed is not None:
+            self.gen.manual_seed(int(seed))
+        B = self.B
+        self._obs = Obs(
+            user=torch.zeros(B, dtype=torch.long), hist_items=torch.zeros(B, self.H, dtype=torch.long),
+            hist_resp=torch.zeros(B, self.H, NB + 1), hist_pad=torch.ones(B, self.H, dtype=torch.bool),
+            session_index=torch.zeros(B, dtype=torch.long), step_in_session=torch.zeros(B, dtype=torch.long),
+            days_since_last=torch.zeros(B), candidates=self._draw_candidates(),
+        )
+        self._acc_resp = torch.zeros(B, NB)
+        self._acc_watch = torch.zeros(B)
+        self._acc_reward = torch.zeros(B)
+        self._state = torch.zeros(B, self.model.cfg.dim)  # response-model state of each row's current history
+        self._refill(torch.ones(B, dtype=torch.bool))
+        return self._obs.clone()
+
+    def _draw_candidates(self) -> Tensor:
+        if self.cfg.candidates is None:
+            return torch.arange(self.n_items)
+        return torch.randperm(self.n_items, generator=self.gen)[: self.cfg.candidates].sort().values
+
+    def _refill(self, mask: Tensor) -> None:
+        """Start fresh users in the rows of ``mask`` (B,) bool."""
+        o = self._obs
+        n = int(mask.sum())
+        if n == 0:
+            return
+        users = self.pool[torch.randint(len(self.pool), (n,), generator=self.gen)]
+        o.user[mask] = users
+        if self.cfg.initial_history == "logged":
+            o.hist_items[mask] = self.sim.init_items[users]
+            o.hist_resp[mask] = self.sim.init_resp[users]
+            o.hist_pad[mask] = self.sim.init_pad[users]
+        else:
+            o.hist_items[mask], o.hist_resp[mask], o.hist_pad[mask] = 0, 0.0, True
+        o.session_index[mask] = 0
+        o.step_in_session[mask] = 0
+        o.days_since_last[mask] = 0.0
+        self._acc_resp[mask], self._acc_watch[mask], self._acc_reward[mask] = 0.0, 0.0, 0.0
+        self.leave.reset(mask)
+        self._state[mask] = self._encode(o.user[mask], o.hist_items[mask], o.hist_resp[mask], o.hist_pad[mask])
+
+    def _encode(self, users: Tensor, items: Tensor, resp: Tensor, pad: Tensor) -> Tensor:
+        """(B, D) the response model's state after the history (last output of the transformer)."""
+        return self.model.states(users, items, resp, pad, self.item_vecs)[:, -1]
+
+    # --- step ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, action: Tensor) -> StepOutput:
+        if self._obs is None:
+            raise RetentionRLError("call reset() before step()")
+        o, B, K = self._obs, self.B, self.K
+        action = self._check_action(action)
+        cand = o.candidates
+        q = self.model.queries(self._state)  # (B, 8, D)
+        if self.cfg.action_mode == "fusion":
+            vec = self.item_vecs if self.cfg.candidates is None else self.item_vecs[cand]
+            bias = self.beh_bias_t if self.cfg.candidates is None else self.beh_bias_t[:, cand]
+            probs = torch.sigmoid(torch.matmul(q[:, :NB], vec.T) + bias)  # (B, 7, C)
+            score = torch.bmm(action[:, None, :], probs).squeeze(1)  # (B, C)
+        else:
+            score = action
+        pick = torch.topk(score, K, dim=1).indices  # (B, K) positions in cand
+        slate = cand[pick]
+        v = self.item_vecs[slate]  # (B, K, D)
+        logits = torch.einsum("bod,bkd->bko", q, v) + self.item_bias[slate]  # (B, K, 8)
+        y = torch.bernoulli(torch.sigmoid(logits[..., :NB]), generator=self.gen)
+        noise = torch.randn(logits[..., NB].shape, generator=self.gen)
+        watch = torch.expm1((logits[..., NB] + self.sim.watch_sigma * noise).clamp(min=0.0, max=12.0))
+        reward = y.mean(1) @ self.w  # (B,)
+
+        # History: drop the oldest K slots, append the slate with its responses.
+        o.hist_items = torch.cat([o.hist_items[:, K:], slate], 1)
+        o.hist_resp = torch.cat([o.hist_resp[:, K:], ResponseModel.token_features(y, watch)], 1)
+        o.hist_pad = torch.cat([o.hist_pad[:, K:], torch.zeros(B, K, dtype=torch.bool)], 1)
+        o.step_in_session += 1
+        self._acc_resp += y.sum(1)
+        self._acc_watch += watch.sum(1)
+        self._acc_reward += reward
+        self._state = self._encode(o.user, o.hist_items, o.hist_resp, o.hist_pad)  # state after the request
+
+        end = self.leave.sample(reward, leave_features(self._state, o.step_in_session, y.mean(1)), self.gen)
+        return_day = torch.zeros(B, dtype=torch.long)
+        ret_reward = torch.zeros(B)
+        episode_end = torch.zeros(B, dtype=torch.bool)
+        if end.any():
+            e = end
+            n_req = o.step_in_session[e]
+            feats = session_features(
+                self._state[e], n_req, self._acc_resp[e], n_req * K, self._acc_watch[e], o.session_index[e],
+                o.days_since_last[e],
+            )
+            dist = self.returns.distribution(o.user[e], self._acc_reward[e] / n_req, feats)
+            d = torch.multinomial(dist, 1, generator=self.gen).squeeze(1) + 1
+            return_day[e] = d
+            ret_reward[e] = -d.float() / 10.0 if self.cfg.retention_reward == "neg_day_over_10" else 1.0 / d.float()
+            o.session_index[e] += 1
+            o.days_since_last[e] = d.float()
+            o.step_in_session[e] = 0
+            self._acc_resp[e], self._acc_watch[e], self._acc_reward[e] = 0.0, 0.0, 0.0
+            self.leave.reset(e)
+            episode_end = e & (o.session_index >= self.cfg.max_sessions)
+        o.candidates = self._draw_candidates() if self.cfg.candidates is not None else o.candidates
+        next_obs = o.clone()
+        users = o.user.clone()
+        if episode_end.any():
+            self._refill(episode_end)
+        return StepOutput(
+            slate=slate, responses=y, watch_time=watch, reward=reward, session_end=end, return_day=return_day,
+            retention_reward=ret_reward, episode_end=episode_end, next_obs=next_obs, obs=o.clone(), users=users,
+        )
+
+    def _check_action(self, action: Tensor) -> Tensor:
+        action = torch.as_tensor(action, dtype=torch.float32)
+        width = NB if self.cfg.action_mode == "fusion" else len(self._obs.candidates)
+        what = "fusion weights (one per behaviour)" if self.cfg.action_mode == "fusion" else "candidate scores"
+        if action.shape != (self.B, width):
+            raise ActionError(f"action must have shape ({self.B}, {width}) of {what}, got {tuple(action.shape)}")
+        if not torch.isfinite(action).all():
+            bad = torch.nonzero(~torch.isfinite(action))[0].tolist()
+            raise ActionError(f"action has a NaN or infinite value at row {bad[0]}, column {bad[1]}")
+        return action
+
+    @property
+    def obs(self) -> Obs:
+        if self._obs is None:
+            raise RetentionRLError("call reset() first")
+        return self._obs.clone()
+

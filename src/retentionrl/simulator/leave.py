@@ -1,0 +1,101 @@
+"""Leave models: does the user end the session after this request?
+
+* ``temper`` (KuaiSim's cross-session env): temper starts at ``initial_temper`` and drops by 1 per request; the
+  user leaves when it falls below 1, so every session has exactly ``ceil(initial_temper)`` requests.
+* ``satisfaction`` (KuaiSim's whole-session env, made explicit): a disappointing slate costs extra temper,
+  ``temper -= 1 + drop * clamp((r_ref - r) / r_ref, 0, 1)``, where ``r`` is the request's immediate reward and
+  ``r_ref`` the reward of an average logged exposure. Good slates keep users longer.
+* ``learned``: ``P(leave | state after the request, step in session, the request's responses)``, an MLP fitted
+  on the logs' session ends (one logged exposure is taken as one request).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from retentionrl.nets.encoders import mlp
+
+
+def leave_features(state: Tensor, step_in_session: Tensor, mean_resp: Tensor) -> Tensor:
+    """state (B, D), step_in_session (B,) requests so far incl. this one (>= 1), mean_resp (B, 7) -> (B, D + 9)."""
+    s = step_in_session.float()
+    return torch.cat([state, mean_resp.float(), torch.log(s)[:, None], (s == 1).float()[:, None]], dim=1)
+
+
+class TemperLeave:
+    """Stateful over a batch of B users; ``drop = 0`` is the fixed-length KuaiSim variant."""
+
+    def __init__(self, n: int, initial_temper: float, drop: float = 0.0, reference_reward: float = 1.0) -> None:
+        self.initial, self.drop, self.ref = initial_temper, drop, max(reference_reward, 1e-6)
+        self.temper = torch.full((n,), float(initial_temper))
+
+    def reset(self, mask: Tensor) -> None:
+        self.temper[mask] = self.initial
+
+    def sample(self, reward: Tensor, features: Tensor, generator: torch.Generator) -> Tensor:
+        """reward (B,) -> leave (B,) bool. Deterministic."""
+        cost = 1.0 + self.drop * ((self.ref - reward) / self.ref).clamp(0.0, 1.0)
+        self.temper -= cost
+        return self.temper < 1.0
+
+
+class LearnedLeave(nn.Module):
+    def __init__(self, in_dim: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.net = mlp([in_dim, hidden, 1])
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("std", torch.ones(in_dim))
+
+    def forward(self, features: Tensor) -> Tensor:
+        """(B, F) -> (B,) leave logits."""
+        return self.net((features - self.mean) / self.std).squeeze(-1)
+
+    def reset(self, mask: Tensor) -> None:  # stateless; same interface as TemperLeave
+        return None
+
+    @torch.no_grad()
+    def sample(self, reward: Tensor, features: Tensor, generator: torch.Generator) -> Tensor:
+        """features (B, F) from :func:`leave_features` -> leave (B,) bool ~ Bernoulli(P(leave))."""
+        p = torch.sigmoid(self(features))
+        return torch.rand(p.shape, generator=generator) < p
+
+
+@dataclass
+class LeaveFit:
+    model: LearnedLeave
+    heldout_nll: float
+    constant_nll: float
+    heldout_auc: float
+
+
+def fit_learned_leave(features: Tensor, label: Tensor, test: Tensor, seed: int = 0, epochs: int = 8,
+                      lr: float = 3e-3, batch_size: int = 4096) -> LeaveFit:
+    """label (N,) 1 = the session ended after this exposure. Held-out comparison with the constant rate."""
+    from retentionrl.evaluation.metrics import roc_auc
+
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    train = ~test
+    model = LearnedLeave(features.shape[1])
+    model.mean.copy_(features[train].mean(0))
+    model.std.copy_(features[train].std(0).clamp(min=1e-4))
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-5)
+    bce = nn.functional.binary_cross_entropy_with_logits
+    idx = torch.nonzero(train).squeeze(1)
+    for _ in range(epochs):
+        perm = idx[torch.randperm(len(idx), generator=g)]
+        for k in range(0, len(perm), batch_size):
+            b = perm[k : k + batch_size]
+            loss = bce(model(features[b]), label[b].float())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        logits = model(features[test])
+        y = label[test].float()
+        rate = label[train].float().mean().clamp(1e-6, 1 - 1e-6)
+        const = torch.full_like(y, float(torch.log(rate / (1 - rate))))
+        return LeaveFit(model, float(bce(logits, y)), float(bce(const, y)), roc_auc(logits, y))
