@@ -9,10 +9,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from retentionrl.data import load_dataset, sample_dir
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Test workloads are small: one thread avoids OpenMP spin-waiting when the cores are shared.
+torch.set_num_threads(1)
 
 
 def _shared() -> Path:
@@ -48,3 +52,15 @@ def tiny_kuairand(tmp_path) -> Path:
     for name in ("user_features_pure.csv.gz", "video_features_basic_pure.csv.gz"):
         shutil.copy(src / name, tmp_path / name)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_sim(tmp_path_factory):
+    """A small simulator built from the shipped sample (1,500 users, 1 epoch), saved and loaded back."""
+    from retentionrl.simulator.build import BuildConfig, build_simulator
+    from retentionrl.simulator.bundle import Simulator
+    from retentionrl.simulator.response import ResponseConfig
+
+    cfg = BuildConfig(max_users=1500, response=ResponseConfig(dim=32, epochs=1, window=12))
+    path = build_simulator(cfg, progress=False, log=lambda *_: None).save(tmp_path_factory.mktemp("sim") / "bundle")
+    return Simulator.load(path)

@@ -58,8 +58,8 @@ def _initial_histories(data: Interactions, H: int) -> tuple[torch.Tensor, torch.
     items = torch.zeros(data.n_users, H, dtype=torch.long)
     resp = torch.zeros(data.n_users, H, len(BEHAVIOURS) + 1)
     pad = torch.ones(data.n_users, H, dtype=torch.bool)
-    u = torch.as_tensor(user[keep])
-    s = torch.as_tensor(slot)
+    u = torch.tensor(user[keep])
+    s = torch.tensor(slot)
     items[u, s] = torch.tensor(log["item_id"].to_numpy()[keep])
     tok = ResponseModel.token_features(
         torch.tensor(log[list(BEHAVIOURS)].to_numpy(np.float32)[keep]),
@@ -73,7 +73,7 @@ def _initial_histories(data: Interactions, H: int) -> tuple[torch.Tensor, torch.
 def _item_table(data: Interactions, column: str) -> torch.Tensor:
     out = np.full(data.n_items, -1, dtype=np.int64)
     out[data.log["item_id"].to_numpy()] = data.log[column].to_numpy()
-    return torch.as_tensor(out)
+    return torch.tensor(out)
 
 
 def _session_rows(data: Interactions, sessions: Sessions) -> tuple[np.ndarray, np.ndarray]:
@@ -104,9 +104,9 @@ def build_simulator(cfg: BuildConfig, progress: bool = True, log=print) -> Simul
     # Leave model: one example per logged exposure; label = it was the last of its session. Time split.
     rank, last = _session_rows(data, sessions)
     resp = torch.tensor(data.log[list(BEHAVIOURS)].to_numpy(np.float32))
-    lfeat = leave_features(fit.states_after, torch.as_tensor(rank), resp)
+    lfeat = leave_features(fit.states_after, torch.tensor(rank), resp)
     last_day = int(data.log["day"].max())
-    lfit = fit_learned_leave(lfeat, torch.as_tensor(last), torch.as_tensor(data.log["day"].to_numpy() == last_day), seed=cfg.seed)
+    lfit = fit_learned_leave(lfeat, torch.tensor(last), torch.tensor(data.log["day"].to_numpy() == last_day), seed=cfg.seed)
     log(f"[build] leave model held-out NLL {lfit.heldout_nll:.4f} (constant {lfit.constant_nll:.4f}), AUC {lfit.heldout_auc:.3f}")
 
     # Return model: one example per session, at its last exposure; split by user.
@@ -127,7 +127,7 @@ def build_simulator(cfg: BuildConfig, progress: bool = True, log=print) -> Simul
     gap = torch.tensor(np.nan_to_num(t["return_gap"].to_numpy(), nan=1.0))
     rfit = fit_learned_return(
         rfeat, gap, censored, torch.tensor(t["observed_days"].to_numpy()),
-        torch.as_tensor(test_users[t["user_id"].to_numpy()]), cfg.max_return_day, seed=cfg.seed,
+        torch.tensor(test_users[t["user_id"].to_numpy()]), cfg.max_return_day, seed=cfg.seed,
     )
     log(f"[build] return model held-out NLL {rfit.heldout_nll:.4f} (best constant {rfit.constant_nll:.4f})")
 
@@ -139,7 +139,8 @@ def build_simulator(cfg: BuildConfig, progress: bool = True, log=print) -> Simul
         "init_items": init_items, "init_resp": init_resp, "init_pad": init_pad,
         "personal": fit_personal_term(sessions, data.n_users, cfg.personal_prior),
         "item_tag": _item_table(data, "tag"), "item_author": _item_table(data, "author_id"),
-        "test_users": torch.as_tensor(test_users),
+        "test_users": torch.tensor(test_users),
+        "item_exposures": torch.bincount(torch.tensor(data.log["item_id"].to_numpy()), minlength=data.n_items),
     }
     obs_gaps = sessions.observed["return_gap"].to_numpy()
     real = {

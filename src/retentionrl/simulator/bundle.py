@@ -32,7 +32,7 @@ from retentionrl.simulator.returns import GeometricReturn, LearnedReturn
 
 FORMAT_VERSION = 1
 FILES = ("config.yaml", "meta.json", "weights.pt")
-TENSORS = ("init_items", "init_resp", "init_pad", "personal", "item_tag", "item_author", "test_users")
+TENSORS = ("init_items", "init_resp", "init_pad", "personal", "item_tag", "item_author", "test_users", "item_exposures")
 
 
 class BundleError(RetentionRLError):
@@ -172,7 +172,7 @@ class Simulator:
             raise KeyError(f"table '{missing[0]}' missing from weights.pt")
         n_users, n_items = int(meta["n_users"]), int(meta["n_items"])
         for name, rows in (("init_items", n_users), ("personal", n_users), ("test_users", n_users),
-                           ("item_tag", n_items), ("item_author", n_items)):
+                           ("item_tag", n_items), ("item_author", n_items), ("item_exposures", n_items)):
             if tables[name].shape[0] != rows:
                 raise ValueError(f"table '{name}' has {tables[name].shape[0]} rows, meta.json says {rows}")
         if response.item_cat.shape[0] != n_items or response.user_cat.shape[0] != n_users:

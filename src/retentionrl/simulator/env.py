@@ -126,7 +126,9 @@ class RetentionEnv:
         with torch.no_grad():
             self.item_vecs = self.model.item_vectors()  # (N, D), cached: the scoring matrix
             self.item_bias = (self.model.item_bias.weight + self.model.out_bias).contiguous()  # (N, 8)
-            self.beh_bias_t = self.item_bias[:, :NB].T.contiguous()  # (7, N)
+            # Bias folded into the matmul: [v_i, b_1(i)..b_7(i)] against [q_b, onehot(b)] -> one GEMM, no
+            # separate (B, 7, N) add. (D + 7, N), contiguous for MKL.
+            self.scoring_t = torch.cat([self.item_vecs, self.item_bias[:, :NB]], 1).T.contiguous()
         w = cfg.reward_weights if cfg.reward_weights is not None else sim.reward_weights
         if len(w) != NB:
             raise RetentionRLError(f"reward_weights needs {NB} values ({', '.join(BEHAVIOURS)}), got {len(w)}")
@@ -198,10 +200,7 @@ class RetentionEnv:
         cand = o.candidates
         q = self.model.queries(self._state)  # (B, 8, D)
         if self.cfg.action_mode == "fusion":
-            vec = self.item_vecs if self.cfg.candidates is None else self.item_vecs[cand]
-            bias = self.beh_bias_t if self.cfg.candidates is None else self.beh_bias_t[:, cand]
-            probs = torch.sigmoid(torch.matmul(q[:, :NB], vec.T) + bias)  # (B, 7, C)
-            score = torch.bmm(action[:, None, :], probs).squeeze(1)  # (B, C)
+            score = self._fusion_scores(q[:, :NB], action, cand)
         else:
             score = action
         pick = torch.topk(score, K, dim=1).indices  # (B, K) positions in cand
@@ -253,6 +252,21 @@ class RetentionEnv:
             slate=slate, responses=y, watch_time=watch, reward=reward, session_end=end, return_day=return_day,
             retention_reward=ret_reward, episode_end=episode_end, next_obs=next_obs, obs=o.clone(), users=users,
         )
+
+    def _fusion_scores(self, q: Tensor, action: Tensor, cand: Tensor) -> Tensor:
+        """q (B, 7, D), action (B, 7) -> (B, C) scores Σ_b a_b σ(logit_b(i)) of every candidate.
+
+        The (B * 7, C) logit matrix is the step's dominant cost; it is written into a reused buffer and
+        squashed in place, because on CPU allocating ~50 MB per step costs as much as the GEMM itself.
+        """
+        B = q.shape[0]
+        mat = self.scoring_t if self.cfg.candidates is None else self.scoring_t[:, cand]
+        qa = torch.cat([q, torch.eye(NB).expand(B, NB, NB)], 2).reshape(B * NB, -1)
+        if getattr(self, "_buf", None) is None or self._buf.shape != (B * NB, mat.shape[1]):
+            self._buf = torch.empty(B * NB, mat.shape[1])
+        torch.mm(qa, mat, out=self._buf)
+        probs = self._buf.sigmoid_().view(B, NB, -1)
+        return torch.bmm(action[:, None, :], probs).squeeze(1)
 
     def _check_action(self, action: Tensor) -> Tensor:
         action = torch.as_tensor(action, dtype=torch.float32)

@@ -1,0 +1,274 @@
+"""Gymnasium adapters for :class:`~retentionrl.simulator.env.RetentionEnv` (``fusion`` action mode only).
+
+* :func:`flat_observation` — a fixed-length float32 vector per user (see :func:`observation_names`).
+* :class:`RetentionVectorEnv` — ``gymnasium.vector.VectorEnv`` over one batched env, B = ``num_envs`` users,
+  same-step autoreset (the core env refills a finished row in the step that ends it).
+* :class:`RetentionGymEnv` — a single-user ``gymnasium.Env`` (B = 1) for libraries such as stable-baselines3.
+
+Action: 7 fusion weights in ``[-1, 1]^7``, the item score being ``Σ_b a_b σ(logit_b)``. Negative weights are
+allowed so that a policy can push *down* items likely to be hated; the slate is the top-K of the score, which is
+invariant to positive rescaling of ``a``, so the bound loses nothing. Out-of-box (finite) actions are passed
+through unchanged.
+
+Reward: ``"immediate"`` (the request's Σ_b w_b mean_k y_b), ``"retention"`` (the return-day reward, non-zero only
+at session ends) or ``"both"`` = immediate + ``retention_weight`` × retention.
+
+Episode end: after ``max_sessions`` sessions the user's episode is cut off although the simulated user would come
+back again, so it is a time limit: ``truncated=True, terminated=False`` (value methods should bootstrap). The
+successor then has ``session_index / max_sessions = 1``, a value never seen in a non-final observation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import gymnasium
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode
+
+from retentionrl.data.schema import BEHAVIOURS
+from retentionrl.errors import RetentionRLError
+from retentionrl.simulator.bundle import Simulator
+from retentionrl.simulator.env import ActionError, Obs, RetentionEnv, StepOutput
+
+NB = len(BEHAVIOURS)
+RewardMode = Literal["retention", "immediate", "both"]
+REWARD_MODES = ("retention", "immediate", "both")
+
+STEP_SCALE = 10.0  # step_in_session / 10, clipped to 1: KuaiSim sessions are 5 requests; learned ones vary
+WATCH_MAX = 3.0  # history token watch feature is log1p(seconds) / 5; the simulator clamps log-watch at 12 (2.4)
+NUM_CLIP = 5.0  # standardised user numerics are clipped to ±5 so that the Box is finite
+MAX_CATEGORIES = 16  # only low-cardinality user categoricals (flags, range buckets) are given as scaled codes
+
+
+# --- observation ---------------------------------------------------------------------------------------------
+def _user_cat_columns(env: RetentionEnv) -> tuple[list[int], list[int]]:
+    """Indices and cardinalities of the user categorical columns exposed as scaled codes."""
+    cards = [int(c) for c in env.sim.meta["user_cardinalities"]]
+    cols = [j for j, c in enumerate(cards) if 2 <= c <= MAX_CATEGORIES]
+    return cols, [cards[j] for j in cols]
+
+
+def observation_names(env: RetentionEnv) -> list[str]:
+    """Name of each column of :func:`flat_observation` (length ``obs_dim``)."""
+    beh = [*BEHAVIOURS, "log_watch"]
+    cols, _ = _user_cat_columns(env)
+    return [
+        *(f"hist_mean_{b}" for b in beh),
+        *(f"last_slate_mean_{b}" for b in beh),
+        "hist_fill", "session_frac", "step_in_session", "days_since_last",
+        *(f"user_num_{j}" for j in range(env.model.user_num.shape[1])),
+        *(f"user_cat_{j}" for j in cols),
+    ]
+
+
+def _bounds(env: RetentionEnv) -> tuple[np.ndarray, np.ndarray]:
+    """(obs_dim,) float32 low and high of every column of :func:`flat_observation`."""
+    n_num = env.model.user_num.shape[1]
+    n_cat = len(_user_cat_columns(env)[0])
+    resp_hi = np.r_[np.ones(NB), WATCH_MAX]
+    low = np.r_[np.zeros(2 * (NB + 1) + 4), np.full(n_num, -NUM_CLIP), np.zeros(n_cat)]
+    high = np.r_[resp_hi, resp_hi, np.ones(4), np.full(n_num, NUM_CLIP), np.ones(n_cat)]
+    return low.astype(np.float32), high.astype(np.float32)
+
+
+def observation_space(env: RetentionEnv) -> spaces.Box:
+    """The single-user Box of :func:`flat_observation`: every column has finite bounds and values are clipped."""
+    low, high = _bounds(env)
+    return spaces.Box(low, high, dtype=np.float32)
+
+
+@torch.no_grad()
+def flat_observation(obs: Obs, env: RetentionEnv) -> np.ndarray:
+    """(B, obs_dim) float32, deterministic, within :func:`observation_space`. Columns (see :func:`observation_names`):
+
+    * mean of the 8 history response features over non-pad slots (7 behaviours in [0, 1], log-watch);
+    * the same over the last K slots (the most recent slate, or the last logged exposures right after a reset);
+    * fraction of non-pad history slots; session_index / max_sessions; step_in_session / 10 (clipped);
+      days_since_last / max_return_day;
+    * the user's standardised numeric profile features (clipped to ±5) and, for categorical columns with at most
+      16 categories, ``code / (cardinality - 1)``.
+    All-pad histories give zero means.
+    """
+    cfg, K = env.cfg, env.K
+    valid = (~obs.hist_pad).float()  # (B, H)
+    resp = obs.hist_resp * valid[..., None]  # (B, H, 8)
+    n = valid.sum(1, keepdim=True)  # (B, 1)
+    n_last = valid[:, -K:].sum(1, keepdim=True)
+    hist_mean = resp.sum(1) / n.clamp(min=1.0)
+    last_mean = resp[:, -K:].sum(1) / n_last.clamp(min=1.0)
+    ctx = torch.stack([
+        n[:, 0] / valid.shape[1],
+        obs.session_index.float() / cfg.max_sessions,
+        obs.step_in_session.float() / STEP_SCALE,
+        obs.days_since_last.float() / cfg.max_return_day,
+    ], 1)
+    cols, cards = _user_cat_columns(env)
+    user_num = env.model.user_num[obs.user]  # (B, Fn)
+    user_cat = env.model.user_cat[obs.user][:, cols].float() / (torch.tensor(cards, dtype=torch.float32) - 1.0)
+    x = torch.cat([hist_mean, last_mean, ctx, user_num, user_cat], 1).numpy().astype(np.float32)
+    low, high = _bounds(env)
+    return np.clip(np.nan_to_num(x), low, high)  # clip: logged watch can exceed WATCH_MAX
+
+
+# --- shared pieces -------------------------------------------------------------------------------------------
+def _make_core_env(sim: Simulator, preset: str, overrides: dict[str, Any]) -> RetentionEnv:
+    env = sim.make_env(preset, **overrides)
+    if env.cfg.action_mode != "fusion":
+        raise RetentionRLError("the gymnasium adapters support action_mode='fusion' only (7 fusion weights)")
+    return env
+
+
+def _check_reward_mode(reward: str) -> None:
+    if reward not in REWARD_MODES:
+        raise RetentionRLError(f"unknown reward '{reward}' (known: {', '.join(REWARD_MODES)})")
+
+
+def _reward(out: StepOutput, mode: RewardMode, retention_weight: float) -> np.ndarray:
+    """(B,) float32 reward of one step under ``mode``."""
+    if mode == "immediate":
+        r = out.reward
+    elif mode == "retention":
+        r = out.retention_reward
+    else:
+        r = out.reward + retention_weight * out.retention_reward
+    return r.numpy().astype(np.float32)
+
+
+def _step_info(out: StepOutput) -> dict[str, np.ndarray]:
+    """Per-user (B,) arrays describing one step (fresh copies)."""
+    return {
+        "user": out.users.numpy().copy(),
+        "session_end": out.session_end.numpy().copy(),
+        "return_day": out.return_day.numpy().copy(),
+        "retention_reward": out.retention_reward.numpy().astype(np.float32),
+        "immediate_reward": out.reward.numpy().astype(np.float32),
+    }
+
+
+def _reset_core(env: RetentionEnv, seed: int | None, np_random: np.random.Generator, seeded: bool) -> Obs:
+    """Seed the core env's torch generator: an explicit seed, else (first reset only) one drawn from
+    ``np_random``; an unseeded later reset continues the generator so that fresh users keep coming."""
+    if seed is None and not seeded:
+        seed = int(np_random.integers(2**62))
+    return env.reset(seed)
+
+
+# --- vector env ----------------------------------------------------------------------------------------------
+class RetentionVectorEnv(gymnasium.vector.VectorEnv):
+    """B = ``num_envs`` simulated users in one batched :class:`RetentionEnv`, same-step autoreset.
+
+    ``step`` returns obs (B, obs_dim) float32 — for a row whose episode just ended, the *new* user's first
+    observation —, reward (B,) float32, terminated (B,) all False, truncated (B,) = episode end, and infos with
+    (B,) arrays ``user``, ``session_end``, ``return_day``, ``retention_reward``, ``immediate_reward`` (each with
+    the all-True ``_key`` mask). Where ``truncated``, gymnasium's SAME_STEP convention applies:
+    ``infos["final_obs"]`` is an object array holding the finished episode's last observation (None elsewhere),
+    ``infos["final_info"]`` the step info of those rows, with masks ``_final_obs`` / ``_final_info``.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+
+    def __init__(self, sim: Simulator, preset: str = "kuaisim", num_envs: int | None = None,
+                 reward: RewardMode = "both", retention_weight: float = 1.0, **env_overrides: Any) -> None:
+        _check_reward_mode(reward)
+        if num_envs is not None:
+            if env_overrides.get("n_users", num_envs) != num_envs:
+                raise RetentionRLError(f"num_envs {num_envs} and n_users {env_overrides['n_users']} disagree")
+            env_overrides["n_users"] = num_envs
+        self.env = _make_core_env(sim, preset, env_overrides)
+        self.num_envs = self.env.B
+        self.reward_mode, self.retention_weight = reward, float(retention_weight)
+        self.single_observation_space = observation_space(self.env)
+        self.single_action_space = spaces.Box(-1.0, 1.0, (NB,), dtype=np.float32)
+        self.observation_space = gymnasium.vector.utils.batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = gymnasium.vector.utils.batch_space(self.single_action_space, self.num_envs)
+        self._seeded = False
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Fresh users in every row. Same seed ⇒ identical trajectories for identical actions; ``options`` is
+        ignored. Returns obs (B, obs_dim) float32 and ``{"user": (B,)}``."""
+        super().reset(seed=seed)
+        obs = _reset_core(self.env, seed, self.np_random, self._seeded)
+        self._seeded = True
+        B = self.num_envs
+        return flat_observation(obs, self.env), {"user": obs.user.numpy().copy(), "_user": np.ones(B, bool)}
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """actions (B, 7) fusion weights. Raises :class:`ActionError` on a wrong shape or a NaN/inf."""
+        try:
+            a = torch.as_tensor(np.asarray(actions, dtype=np.float32))
+        except (TypeError, ValueError) as exc:
+            raise ActionError(f"action must be a numeric (B, {NB}) array of fusion weights: {exc}") from None
+        out = self.env.step(a)  # the core env checks shape and finiteness
+        B = self.num_envs
+        obs = flat_observation(out.obs, self.env)
+        truncated = out.episode_end.numpy().copy()
+        info = _step_info(out)
+        infos: dict[str, Any] = {}
+        for k, v in info.items():
+            infos[k], infos[f"_{k}"] = v, np.ones(B, bool)
+        if truncated.any():
+            final = flat_observation(out.next_obs, self.env)
+            final_obs = np.full(B, None, dtype=object)
+            for i in np.flatnonzero(truncated):  # object array by convention; only the rows that ended
+                final_obs[i] = final[i]
+            final_info: dict[str, Any] = {}
+            for k, v in info.items():
+                final_info[k] = np.where(truncated, v, np.zeros_like(v))
+                final_info[f"_{k}"] = truncated.copy()
+            infos.update(final_obs=final_obs, _final_obs=truncated.copy(), final_info=final_info,
+                         _final_info=truncated.copy())
+        return obs, _reward(out, self.reward_mode, self.retention_weight), np.zeros(B, bool), truncated, infos
+
+
+# --- single-user env -----------------------------------------------------------------------------------------
+class RetentionGymEnv(gymnasium.Env[np.ndarray, np.ndarray]):
+    """One simulated user (B = 1). ``step`` returns ``(obs (obs_dim,) float32, reward float, False, truncated,
+    info)`` with ``truncated`` True when the user's ``max_sessions`` sessions are over (obs is then the true last
+    observation); call ``reset`` to get the next user. ``info`` holds Python scalars ``user``, ``session_end``,
+    ``return_day``, ``retention_reward``, ``immediate_reward``."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, sim: Simulator, preset: str = "kuaisim", reward: RewardMode = "both",
+                 retention_weight: float = 1.0, **env_overrides: Any) -> None:
+        _check_reward_mode(reward)
+        if env_overrides.get("n_users", 1) != 1:
+            raise RetentionRLError("RetentionGymEnv simulates one user; use RetentionVectorEnv for a batch")
+        self.env = _make_core_env(sim, preset, {**env_overrides, "n_users": 1})
+        self.reward_mode, self.retention_weight = reward, float(retention_weight)
+        self.observation_space = observation_space(self.env)
+        self.action_space = spaces.Box(-1.0, 1.0, (NB,), dtype=np.float32)
+        self._seeded = False
+        self._needs_reset = True
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+        """A fresh user (``options`` is ignored): obs (obs_dim,) float32 and ``{"user": int}``."""
+        super().reset(seed=seed)
+        obs = _reset_core(self.env, seed, self.np_random, self._seeded)
+        self._seeded, self._needs_reset = True, False
+        return flat_observation(obs, self.env)[0], {"user": int(obs.user[0])}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """action (7,) fusion weights. Raises :class:`ActionError` on a wrong shape or a NaN/inf."""
+        if self._needs_reset:
+            raise RetentionRLError("the episode is over (or never started): call reset() before step()")
+        try:
+            a = np.asarray(action, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise ActionError(f"action must be a numeric ({NB},) array of fusion weights: {exc}") from None
+        if a.shape != (NB,):
+            raise ActionError(f"action must have shape ({NB},) of fusion weights (one per behaviour), got {a.shape}")
+        if not np.isfinite(a).all():
+            raise ActionError(f"action has a NaN or infinite value at index {int(np.flatnonzero(~np.isfinite(a))[0])}")
+        out = self.env.step(torch.as_tensor(a[None].copy()))
+        truncated = bool(out.episode_end[0])
+        self._needs_reset = truncated
+        # next_obs is the true successor; after an episode end the core row already holds the next user.
+        obs = flat_observation(out.next_obs, self.env)[0]
+        info = {k: v[0].item() for k, v in _step_info(out).items()}
+        return obs, float(_reward(out, self.reward_mode, self.retention_weight)[0]), False, truncated, info

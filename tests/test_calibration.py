@@ -1,0 +1,122 @@
+"""Calibration report: files, numbers, determinism of the logged-like policy, censoring emulation."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from retentionrl.errors import RetentionRLError
+from retentionrl.simulator.calibration import (
+    LoggedLikePolicy,
+    calibration_report,
+    censor_mask,
+    histogram,
+    item_popularity,
+    simulate_logged_like,
+)
+
+SMALL = {"n_users": 48, "n_steps": 12}  # keeps the file well under its time budget
+
+
+@pytest.fixture(scope="module")
+def report(tiny_sim, tmp_path_factory):
+    out = tmp_path_factory.mktemp("calib")
+    return out, calibration_report(tiny_sim, out, preset="learned", seed=0, **SMALL)
+
+
+def test_report_files_and_markdown(report, tiny_sim):
+    out, res = report
+    for name in ("calibration.md", "calibration.json", "return_day.png", "session_length.png", "behaviour_rates.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
+    assert (out / "return_day.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "calibration.md").read_text()
+    assert "| behaviour | positives | model | popularity |" in md
+    for b, v in tiny_sim.meta["auc"].items():
+        assert f"| {b} | {v['positives']} |" in md
+    assert f"| TV return day (raw) | {res['tv_return_day']:.4f} |" in md
+    assert f"| TV return day (censoring-matched) | {res['tv_return_day_censored']:.4f} |" in md
+    assert f"| TV session length | {res['tv_session_length']:.4f} |" in md
+    assert "held-out NLL" in md and "| leave |" in md and "| return |" in md
+    on_disk = json.loads((out / "calibration.json").read_text())
+    assert on_disk["tv_return_day"] == pytest.approx(res["tv_return_day"])
+    assert on_disk["auc"] == tiny_sim.meta["auc"]
+
+
+def test_report_numbers(report, tiny_sim):
+    _, res = report
+    for key in ("tv_return_day", "tv_return_day_censored", "tv_session_length"):
+        assert 0.0 <= res[key] <= 1.0, key
+    c = res["comparison"]
+    D = tiny_sim.max_return_day
+    assert c["n_sessions"] > 0 and c["n_unfinished"] == 0
+    assert len(c["return_day"]["sim"]) == len(c["return_day"]["real"]) == D
+    assert sum(c["return_day"]["sim"]) == c["n_sessions"]
+    assert sum(c["return_day"]["sim_censored"]) <= c["n_sessions"]
+    assert sum(c["session_length"]["sim"]) == c["n_sessions"]
+    for b, v in c["behaviour_rates"].items():
+        assert 0.0 <= v["sim"] <= 1.0
+        assert v["abs_diff"] == pytest.approx(abs(v["sim"] - v["real"]))
+
+
+def test_kuaisim_preset_fixed_sessions(tiny_sim, tmp_path):
+    # KuaiSim's temper leave gives exactly 5 requests per session: with slate 2 that is 10 exposures.
+    s = simulate_logged_like(tiny_sim, "kuaisim", n_users=16, n_steps=6, seed=3, slate_size=2)
+    assert len(s.session_requests) > 0
+    assert (s.session_requests == 5).all() and (s.session_exposures == 10).all()
+    assert ((s.return_days >= 1) & (s.return_days <= tiny_sim.max_return_day)).all()
+    assert s.n_exposures == 2 * int(s.session_requests.sum())
+
+
+def test_logged_like_is_deterministic(tiny_sim):
+    a = simulate_logged_like(tiny_sim, "learned", seed=7, **SMALL)
+    b = simulate_logged_like(tiny_sim, "learned", seed=7, **SMALL)
+    c = simulate_logged_like(tiny_sim, "learned", seed=8, **SMALL)
+    for field in ("session_requests", "return_days", "behaviour_sums"):
+        assert torch.equal(getattr(a, field), getattr(b, field)), field
+    assert a.n_exposures == b.n_exposures
+    assert not (torch.equal(a.session_requests, c.session_requests) and torch.equal(a.return_days, c.return_days))
+
+
+def test_policy_samples_by_popularity(tiny_sim):
+    N = tiny_sim.n_items
+    pop = torch.zeros(N)
+    pop[5] = 9 * N  # item 5 weighs 9N + 1 against N - 1 for all others together: ~90% of single-item slates
+    obs = SimpleNamespace(candidates=torch.arange(N), user=torch.zeros(4000, dtype=torch.long))
+    pick = LoggedLikePolicy(pop, seed=0)(obs).argmax(1)
+    assert abs(float((pick == 5).float().mean()) - 0.9) < 0.03
+    again = LoggedLikePolicy(pop, seed=0)(obs).argmax(1)
+    assert torch.equal(pick, again)
+
+
+def test_item_popularity_sources(tiny_sim):
+    stored = tiny_sim.tensors["item_exposures"]
+    assert torch.equal(item_popularity(tiny_sim), stored.float())
+    explicit = torch.arange(tiny_sim.n_items)
+    assert torch.equal(item_popularity(tiny_sim, explicit), explicit.float())
+    bare = SimpleNamespace(n_items=7, tensors={})
+    assert torch.equal(item_popularity(bare), torch.zeros(7))  # uniform fallback
+    with pytest.raises(RetentionRLError):
+        item_popularity(bare, torch.ones(3))
+
+
+def test_censoring_known_answers():
+    g = torch.Generator().manual_seed(0)
+    days = torch.randint(1, 11, (5000,), generator=g)
+    # Every window 0 days (sessions on the log's last day): no return is observable.
+    assert not censor_mask(days, [100] + [0] * 60, g).any()
+    # Every window >= D: everything is observed, censored == raw.
+    assert censor_mask(days, [0] * 10 + [30] + [0] * 49 + [70], g).all()
+    # Windows uniform on 0..5, all returns on day 3: observed iff c >= 3, i.e. half of them.
+    share = censor_mask(torch.full((20000,), 3), [1] * 6, g).float().mean()
+    assert abs(float(share) - 0.5) < 0.02
+    with pytest.raises(RetentionRLError):
+        censor_mask(days, [0, 0, 0], g)
+
+
+def test_histogram_buckets():
+    assert histogram(torch.tensor([1, 2, 2, 3, 7, 12]), 4) == [1, 2, 1, 2]
+    assert histogram(torch.zeros(0, dtype=torch.long), 3) == [0, 0, 0]
