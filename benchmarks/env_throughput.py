@@ -10,6 +10,7 @@ weights do not change the cost). The reference is the bare candidate-scoring mat
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 
@@ -21,18 +22,22 @@ from retentionrl.simulator.response import ResponseConfig
 
 
 def timeit(fn, repeat: int) -> float:
+    """Seconds per call: median over 5 rounds of ``repeat`` calls (this machine's timings vary by ~15%)."""
     fn()  # warm-up
-    t = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    return (time.perf_counter() - t) / repeat
+    rounds = []
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        rounds.append((time.perf_counter() - t) / repeat)
+    return statistics.median(rounds)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bundle", default=None)
     ap.add_argument("--preset", default="kuaisim")
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=20, help="steps per timing round (5 rounds, median)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -86,55 +86,160 @@ class _Block(nn.Module):
         self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
-        """x: (B, L, D); bias: (B or 1, heads, L, L) additive attention bias (-inf = masked)."""
-        b, l, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, l, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        att = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=0.0)
-        x = x + self.drop(self.out(att.transpose(1, 2).reshape(b, l, d)))
-        return x + self.drop(self.ff(self.ln2(x)))
+    def forward(self, x: Tensor, bias: Tensor, past: tuple[Tensor, Tensor] | None = None, last_only: bool = False
+                ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x: (B, Lq, D) new tokens; past: cached keys and values of earlier tokens, each (B, heads, Lp, D/heads);
+        bias: (B or 1, heads, Lq, Lp + Lq). Returns the output (B, Lq, D) — only for the last token when
+        ``last_only`` (the top layer of an incremental step needs no other) — and the new tokens' keys and
+        values (each (B, heads, Lq, D/heads)) for the cache."""
+        b, lq, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, lq, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        if past is None:
+            att = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        else:  # a few queries against a short cache: score the cached and the new keys separately (no copy)
+            if last_only:
+                q, bias, x = q[:, :, -1:], bias[:, :, -1:], x[:, -1:]
+            kp, vp = past
+            lp = kp.shape[2]
+            scale = q.shape[-1] ** -0.5
+            w = torch.softmax(torch.cat([q @ kp.transpose(-1, -2), q @ k.transpose(-1, -2)], -1) * scale + bias, -1)
+            att = w[..., :lp] @ vp + w[..., lp:] @ v
+        x = x + self.drop(self.out(att.transpose(1, 2).reshape(b, x.shape[1], d)))
+        return x + self.drop(self.ff(self.ln2(x))), (k, v)
+
+
+@dataclass
+class HistoryCache:
+    """Keys/values of the tokens a new exposure can attend to, per layer, so that appending K exposures costs
+    K query tokens and no recomputation.
+
+    Slot 0 is the user token; slots 1..W (W = window - 1) are a ring buffer of the last W exposures shared by
+    all rows: the oldest exposure sits in slot ``1 + start`` and the one ``c`` places newer in
+    ``1 + (start + c) % W``. Appending overwrites the oldest slots in place.
+    """
+
+    k: Tensor  # (layers, B, heads, 1 + W, D/heads)
+    v: Tensor  # (layers, B, heads, 1 + W, D/heads)
+    pad: Tensor  # (B, 1 + W) True = empty slot (never the user slot)
+    state: Tensor  # (B, D) output at the newest token (the user token when there is no history)
+    start: int = 0
+
+    @property
+    def width(self) -> int:
+        return self.k.shape[3] - 1
+
+    def ring_slots(self, first: int, count: int) -> Tensor:
+        """Slots of the exposures ``first .. first+count-1`` places after the oldest one."""
+        return 1 + (self.start + first + torch.arange(count)) % self.width
+
+    def assign(self, mask: Tensor, other: "HistoryCache") -> None:
+        """Overwrite the rows of ``mask`` (B,) with ``other`` (mask.sum() rows, ``start`` 0): rotate into the ring."""
+        W = self.width
+        dst = torch.cat([torch.zeros(1, dtype=torch.long), self.ring_slots(0, W)])
+        src = torch.cat([torch.zeros(1, dtype=torch.long), 1 + (other.start + torch.arange(W)) % W])
+        for name in ("k", "v"):
+            rotated = torch.empty_like(getattr(other, name))
+            rotated[..., dst, :] = getattr(other, name)[..., src, :]
+            getattr(self, name)[:, mask] = rotated
+        pad = torch.empty_like(other.pad)
+        pad[:, dst] = other.pad[:, src]
+        self.pad[mask] = pad
+        self.state[mask] = other.state
 
 
 class HistoryTransformer(nn.Module):
     """Causal transformer over ``[user, h_1..h_n]`` with a sliding window of ``window`` exposures.
 
     Token of exposure j: item encoding + projection of its behaviour vector (7 zeros/ones) + watch feature.
+    Position 0 is the user token, seen by every query with no distance penalty.
     """
 
     def __init__(self, dim: int, n_behaviours: int, window: int, layers: int = 2, heads: int = 2,
                  dropout: float = 0.1) -> None:
         super().__init__()
-        self.window, self.heads = window, heads
+        self.window, self.heads, self.n_layers = window, heads, layers
         self.resp = nn.Linear(n_behaviours + 1, dim)
         self.blocks = nn.ModuleList(_Block(dim, heads, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         # ALiBi slopes: head h penalises distance with slope 2^-(h+1) (in units of one exposure).
         self.register_buffer("slopes", torch.tensor([2.0 ** -(h + 1) for h in range(heads)]), persistent=False)
 
-    def attention_bias(self, length: int, pad: Tensor | None) -> Tensor:
-        """(B or 1, heads, L, L) bias for L = 1 + n tokens; ``pad``: (B, L) True where a token is padding."""
-        idx = torch.arange(length, device=self.slopes.device)
-        dist = (idx[:, None] - idx[None, :]).float()  # query - key
-        allowed = (dist >= 0) & (dist < self.window)  # a query token sees itself and window-1 earlier ones
-        allowed[:, 0] = True  # everyone sees the user token
-        bias = -self.slopes[:, None, None] * dist.clamp(min=0)[None]
-        bias[:, :, 0] = 0.0
-        bias = bias.masked_fill(~allowed[None], float("-inf"))[None]  # (1, H, L, L)
-        if pad is not None:
-            bias = bias.masked_fill(pad[:, None, None, :], float("-inf"))
+    def attention_bias(self, qpos: Tensor, kpos: Tensor, key_pad: Tensor | None) -> Tensor:
+        """(B or 1, heads, Lq, Lk) bias for queries at ``qpos`` (Lq,) and keys at ``kpos`` (Lk,);
+        ``key_pad`` (B, Lk) True where a key is padding."""
+        dist = (qpos[:, None] - kpos[None, :]).float()  # query - key
+        is_user = (kpos == 0)[None, :]
+        allowed = ((dist >= 0) & (dist < self.window)) | is_user  # itself, window-1 earlier tokens, the user
+        bias = (-self.slopes[:, None, None] * dist.clamp(min=0)[None]).masked_fill(is_user[None], 0.0)
+        bias = bias.masked_fill(~allowed[None], float("-inf"))[None]  # (1, heads, Lq, Lk)
+        if key_pad is not None:
+            bias = bias.masked_fill(key_pad[:, None, None, :], float("-inf"))
         return bias
+
+    def tokens(self, items: Tensor, responses: Tensor) -> Tensor:
+        """items (B, n, D) encodings, responses (B, n, n_behaviours + 1) -> (B, n, D) input tokens."""
+        return items + self.resp(responses)
 
     def forward(self, user: Tensor, items: Tensor, responses: Tensor, pad: Tensor | None = None) -> Tensor:
         """user: (B, D); items: (B, n, D) item encodings; responses: (B, n, n_behaviours + 1);
         pad: (B, n) True for padding. Returns (B, 1 + n, D): output j is the state after exposures < j+1."""
-        x = torch.cat([user[:, None], items + self.resp(responses)], dim=1)
-        full_pad = None
-        if pad is not None:
-            full_pad = torch.cat([torch.zeros_like(pad[:, :1]), pad], dim=1)
-        bias = self.attention_bias(x.shape[1], full_pad)
+        return self._run(user, items, responses, pad)[0]
+
+    def _run(self, user, items, responses, pad) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        x = torch.cat([user[:, None], self.tokens(items, responses)], dim=1)
+        pos = torch.arange(x.shape[1], device=x.device)
+        key_pad = None if pad is None else torch.cat([torch.zeros_like(pad[:, :1]), pad], dim=1)
+        bias = self.attention_bias(pos, pos, key_pad)
+        kvs = []
         for blk in self.blocks:
-            x = blk(x, bias)
-        return self.norm(x)
+            x, kv = blk(x, bias)
+            kvs.append(kv)
+        return self.norm(x), kvs
+
+    def init_cache(self, user: Tensor, items: Tensor, responses: Tensor, pad: Tensor) -> HistoryCache:
+        """Encode a (left-padded) history once: (B, D), (B, n, D), (B, n, n_behaviours + 1), (B, n)."""
+        out, kvs = self._run(user, items, responses, pad)
+        W = self.window - 1
+        b, n, _ = items.shape
+        k = torch.stack([kv[0] for kv in kvs])  # (layers, B, heads, 1 + n, dh)
+        v = torch.stack([kv[1] for kv in kvs])
+        full_pad = torch.cat([pad.new_zeros(b, 1), pad], 1)
+        if n < W:  # left-pad the slots after the user token
+            z = k.new_zeros(*k.shape[:3], W - n, k.shape[-1])
+            k = torch.cat([k[..., :1, :], z, k[..., 1:, :]], 3)
+            v = torch.cat([v[..., :1, :], z, v[..., 1:, :]], 3)
+            full_pad = torch.cat([full_pad[:, :1], pad.new_ones(b, W - n), pad], 1)
+        keep = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(k.shape[3] - W, k.shape[3])])
+        state = torch.where(pad[:, -1:], out[:, 0], out[:, -1])
+        return HistoryCache(k[..., keep, :].contiguous(), v[..., keep, :].contiguous(), full_pad[:, keep].clone(), state)
+
+    def extend(self, cache: HistoryCache, items: Tensor, responses: Tensor) -> HistoryCache:
+        """Append K < window exposures: items (B, K, D), responses (B, K, n_behaviours + 1). Updates ``cache``
+        in place (and returns it); the new state equals a full re-encode with :meth:`forward`."""
+        x = self.tokens(items, responses)
+        b, kk, _ = x.shape
+        W = cache.width
+        if kk > W:
+            raise ValueError(f"cannot append {kk} exposures at once to a window of {W + 1}")
+        # Positions (for ALiBi and the window): user 0, the cached exposures 1..W in age order, new W+1..W+K.
+        kpos = torch.zeros(1 + W, dtype=torch.long)
+        kpos[cache.ring_slots(0, W)] = torch.arange(1, W + 1)
+        qpos = torch.arange(W + 1, W + 1 + kk)
+        key_pad = torch.cat([cache.pad, cache.pad.new_zeros(b, kk)], 1)
+        bias = self.attention_bias(qpos, torch.cat([kpos, qpos]), key_pad)
+        news = []
+        for layer, blk in enumerate(self.blocks):
+            last = layer == len(self.blocks) - 1
+            x, kv = blk(x, bias, (cache.k[layer], cache.v[layer]), last_only=last)
+            news.append(kv)
+        slots = cache.ring_slots(0, kk)  # the K oldest exposures leave the window
+        for layer, (k_new, v_new) in enumerate(news):
+            cache.k[layer, :, :, slots] = k_new
+            cache.v[layer, :, :, slots] = v_new
+        cache.pad[:, slots] = False
+        cache.start = (cache.start + kk) % W
+        cache.state = self.norm(x[:, -1])
+        return cache
 
 
 def mlp(sizes: list[int], act: type[nn.Module] = nn.ReLU, out_act: nn.Module | None = None) -> nn.Sequential:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from retentionrl.simulator.bundle import Simulator
 
 NB = len(BEHAVIOURS)
+_FUSION_CHUNK = 32  # users per scoring GEMM
 
 
 class ActionError(RetentionRLError):
@@ -123,6 +124,8 @@ class RetentionEnv:
         self.K = cfg.slate_size
         if cfg.slate_size > (cfg.candidates or self.n_items):
             raise RetentionRLError(f"slate_size {cfg.slate_size} exceeds the number of candidates")
+        if cfg.slate_size >= self.H:
+            raise RetentionRLError(f"slate_size {cfg.slate_size} must be smaller than the response model's history window {self.H}")
         with torch.no_grad():
             self.item_vecs = self.model.item_vectors()  # (N, D), cached: the scoring matrix
             self.item_bias = (self.model.item_bias.weight + self.model.out_bias).contiguous()  # (N, 8)
@@ -140,6 +143,7 @@ class RetentionEnv:
         self.gen = torch.Generator()
         self.B = B
         self._obs: Obs | None = None
+        self._buf: Tensor | None = None  # scratch logits for fusion scoring
 
     # --- reset ---------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -156,7 +160,7 @@ class RetentionEnv:
         self._acc_resp = torch.zeros(B, NB)
         self._acc_watch = torch.zeros(B)
         self._acc_reward = torch.zeros(B)
-        self._state = torch.zeros(B, self.model.cfg.dim)  # response-model state of each row's current history
+        self._cache = None  # response-model encoding of each row's history (HistoryCache)
         self._refill(torch.ones(B, dtype=torch.bool))
         return self._obs.clone()
 
@@ -184,11 +188,16 @@ class RetentionEnv:
         o.days_since_last[mask] = 0.0
         self._acc_resp[mask], self._acc_watch[mask], self._acc_reward[mask] = 0.0, 0.0, 0.0
         self.leave.reset(mask)
-        self._state[mask] = self._encode(o.user[mask], o.hist_items[mask], o.hist_resp[mask], o.hist_pad[mask])
+        fresh = self.model.init_cache(o.user[mask], o.hist_items[mask], o.hist_resp[mask], o.hist_pad[mask], self.item_vecs)
+        if self._cache is None or n == self.B:
+            self._cache = fresh
+        else:
+            self._cache.assign(mask, fresh)
 
-    def _encode(self, users: Tensor, items: Tensor, resp: Tensor, pad: Tensor) -> Tensor:
-        """(B, D) the response model's state after the history (last output of the transformer)."""
-        return self.model.states(users, items, resp, pad, self.item_vecs)[:, -1]
+    @property
+    def _state(self) -> Tensor:
+        """(B, D) the response model's state of each user after their history so far."""
+        return self._cache.state
 
     # --- step ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -213,14 +222,15 @@ class RetentionEnv:
         reward = y.mean(1) @ self.w  # (B,)
 
         # History: drop the oldest K slots, append the slate with its responses.
+        tokens = ResponseModel.token_features(y, watch)
         o.hist_items = torch.cat([o.hist_items[:, K:], slate], 1)
-        o.hist_resp = torch.cat([o.hist_resp[:, K:], ResponseModel.token_features(y, watch)], 1)
+        o.hist_resp = torch.cat([o.hist_resp[:, K:], tokens], 1)
         o.hist_pad = torch.cat([o.hist_pad[:, K:], torch.zeros(B, K, dtype=torch.bool)], 1)
         o.step_in_session += 1
         self._acc_resp += y.sum(1)
         self._acc_watch += watch.sum(1)
         self._acc_reward += reward
-        self._state = self._encode(o.user, o.hist_items, o.hist_resp, o.hist_pad)  # state after the request
+        self._cache = self.model.extend(self._cache, slate, tokens, self.item_vecs)  # state after the request
 
         end = self.leave.sample(reward, leave_features(self._state, o.step_in_session, y.mean(1)), self.gen)
         return_day = torch.zeros(B, dtype=torch.long)
@@ -256,17 +266,23 @@ class RetentionEnv:
     def _fusion_scores(self, q: Tensor, action: Tensor, cand: Tensor) -> Tensor:
         """q (B, 7, D), action (B, 7) -> (B, C) scores Σ_b a_b σ(logit_b(i)) of every candidate.
 
-        The (B * 7, C) logit matrix is the step's dominant cost; it is written into a reused buffer and
-        squashed in place, because on CPU allocating ~50 MB per step costs as much as the GEMM itself.
+        The logits are the step's dominant cost. They are computed for 32 users at a time into a reused
+        (32 * 7, C) buffer and squashed in place: allocating the full (B * 7, C) matrix each step costs as much
+        as the GEMM itself on CPU (page faults), and the small buffer stays in cache.
         """
         B = q.shape[0]
         mat = self.scoring_t if self.cfg.candidates is None else self.scoring_t[:, cand]
         qa = torch.cat([q, torch.eye(NB).expand(B, NB, NB)], 2).reshape(B * NB, -1)
-        if getattr(self, "_buf", None) is None or self._buf.shape != (B * NB, mat.shape[1]):
-            self._buf = torch.empty(B * NB, mat.shape[1])
-        torch.mm(qa, mat, out=self._buf)
-        probs = self._buf.sigmoid_().view(B, NB, -1)
-        return torch.bmm(action[:, None, :], probs).squeeze(1)
+        c = min(B, _FUSION_CHUNK)
+        if self._buf is None or self._buf.shape != (c * NB, mat.shape[1]):
+            self._buf = torch.empty(c * NB, mat.shape[1])
+        score = torch.empty(B, 1, mat.shape[1])
+        for s in range(0, B, c):
+            n = min(c, B - s)
+            buf = self._buf[: n * NB]
+            torch.mm(qa[s * NB : (s + n) * NB], mat, out=buf)
+            torch.bmm(action[s : s + n, None, :], buf.sigmoid_().view(n, NB, -1), out=score[s : s + n])
+        return score.squeeze(1)
 
     def _check_action(self, action: Tensor) -> Tensor:
         action = torch.as_tensor(action, dtype=torch.float32)

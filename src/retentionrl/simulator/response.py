@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from retentionrl.data.schema import BEHAVIOURS, Interactions
 from retentionrl.evaluation.metrics import roc_auc
-from retentionrl.nets.encoders import FeatureEncoder, FeatureTensors, HistoryTransformer, mlp
+from retentionrl.nets.encoders import FeatureEncoder, FeatureTensors, HistoryCache, HistoryTransformer, mlp
 
 N_OUT = len(BEHAVIOURS) + 1  # 7 behaviours + watch time
 WATCH_SCALE = 5.0  # log1p(seconds) / WATCH_SCALE is the watch feature of a history token
@@ -83,6 +83,17 @@ class ResponseModel(nn.Module):
         """users (B,), hist_items (B, n), hist_resp (B, n, 8), pad (B, n) -> (B, 1 + n, D) states."""
         iv = item_vecs[hist_items] if item_vecs is not None else self.item_vectors(hist_items)
         return self.history(self.user_vectors(users), iv, hist_resp, pad)
+
+    def init_cache(self, users: Tensor, hist_items: Tensor, hist_resp: Tensor, pad: Tensor,
+                   item_vecs: Tensor | None = None) -> HistoryCache:
+        """Encode a left-padded history (B, H) once; ``cache.state`` (B, D) is the user's state."""
+        iv = item_vecs[hist_items] if item_vecs is not None else self.item_vectors(hist_items)
+        return self.history.init_cache(self.user_vectors(users), iv, hist_resp, pad)
+
+    def extend(self, cache: HistoryCache, items: Tensor, resp_tokens: Tensor, item_vecs: Tensor | None = None) -> HistoryCache:
+        """Append K exposures (B, K) with their (B, K, 8) response tokens; same states as a full re-encode."""
+        iv = item_vecs[items] if item_vecs is not None else self.item_vectors(items)
+        return self.history.extend(cache, iv, resp_tokens)
 
     def queries(self, state: Tensor) -> Tensor:
         """(..., D) -> (..., 8, D)."""
