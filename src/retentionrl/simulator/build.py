@@ -36,15 +36,19 @@ class BuildConfig:
 
 
 def reward_weights(data: Interactions) -> list[float]:
-    """KuaiSim's immediate-reward weights: #positives / #negatives of each behaviour, negative for hate."""
+    """KuaiSim's immediate-reward weights: #positives / #negatives of each behaviour, negative for hate.
+
+    A behaviour the source does not record, or one that is constant in the log (MovieLens: every rating is a
+    click), carries no preference signal and gets weight 0 (the ratio would be 0 or unbounded).
+    """
     w = []
     for b in BEHAVIOURS:
-        if b not in data.behaviours:
+        pos = float(data.log[b].sum())
+        neg = len(data.log) - pos
+        if b not in data.behaviours or pos == 0 or neg == 0:
             w.append(0.0)
             continue
-        pos = float(data.log[b].sum())
-        ratio = pos / max(len(data.log) - pos, 1.0)
-        w.append(-ratio if b == "hate" else ratio)
+        w.append(-pos / neg if b == "hate" else pos / neg)
     return w
 
 

@@ -12,7 +12,7 @@ the C candidates in ``obs.candidates``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from retentionrl.simulator.bundle import Simulator
 
 NB = len(BEHAVIOURS)
-_FUSION_CHUNK = 32  # users per scoring GEMM
+_FUSION_CHUNK = 64
 
 
 class ActionError(RetentionRLError):
@@ -56,7 +56,7 @@ class EnvConfig:
     n_users: int = 32  # batch of simultaneous users
     slate_size: int = 6
     max_sessions: int = 6
-    max_return_day: int = 10
+    max_return_day: int | None = None  # D; None: the bundle's (the learned return model is fixed to it)
     action_mode: Literal["fusion", "items"] = "fusion"
     candidates: int | None = None  # None: every item; else a fresh uniform sample of this many per request
     reward_weights: list[float] | None = None  # per behaviour; None: the bundle's (KuaiSim's #pos/#neg, hate < 0)
@@ -117,6 +117,8 @@ class StepOutput:
 
 class RetentionEnv:
     def __init__(self, sim: "Simulator", cfg: EnvConfig) -> None:
+        if cfg.max_return_day is None:
+            cfg = replace(cfg, max_return_day=sim.max_return_day)
         self.sim, self.cfg = sim, cfg
         self.model: ResponseModel = sim.response.eval()
         self.n_items = sim.n_items
