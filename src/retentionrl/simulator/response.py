@@ -196,7 +196,7 @@ def train_response_model(data: Interactions, cfg: ResponseConfig, seed: int = 0,
     n_batches = math.ceil(len(windows.a) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=max(1, cfg.epochs * n_batches), pct_start=0.1)
     history = []
-    bar = tqdm(total=cfg.epochs * n_batches, desc="response model", disable=not progress, leave=False)
+    bar = tqdm(total=cfg.epochs * n_batches, desc="response model", disable=None if progress else True, leave=False)  # None: off when not a terminal
     for epoch in range(cfg.epochs):
         model.train()
         order = rng.permutation(len(windows.a))
