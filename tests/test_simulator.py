@@ -47,12 +47,27 @@ def test_same_seed_same_trajectory(tiny_sim, name):
     assert not same(a, c)
 
 
+@pytest.mark.parametrize("name", ["kuaisim", "learned"])
+def test_env_state_round_trip_continues_identically(tiny_sim, tmp_path, name):
+    env = tiny_sim.make_env(name, n_users=6)
+    rollout(env, 7, seed=5)
+    torch.save(env.state_dict(), tmp_path / "env.pt")
+    g = torch.Generator().manual_seed(9)
+    actions = [torch.rand(6, 7, generator=g) for _ in range(12)]
+    first = [env.step(a) for a in actions]
+    again = tiny_sim.make_env(name, n_users=6)
+    again.load_state_dict(torch.load(tmp_path / "env.pt", weights_only=True))
+    assert same(first, [again.step(a) for a in actions])
+
+
 def test_step_shapes_and_semantics(tiny_sim):
     env = tiny_sim.make_env("kuaisim", n_users=5)
     obs = env.reset(seed=0)
     H, K = env.H, env.K
     assert obs.hist_items.shape == (5, H) and obs.hist_resp.shape == (5, H, 8) and obs.hist_pad.shape == (5, H)
     assert obs.candidates.shape == (tiny_sim.n_items,)
+    assert torch.equal(obs.profile_cat, tiny_sim.response.user_cat[obs.user])
+    assert torch.equal(obs.profile_num, tiny_sim.response.user_num[obs.user])
     out = env.step(torch.ones(5, 7))
     assert out.slate.shape == (5, K) and out.responses.shape == (5, K, 7) and out.watch_time.shape == (5, K)
     assert set(out.responses.unique().tolist()) <= {0.0, 1.0}

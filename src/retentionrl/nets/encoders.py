@@ -44,13 +44,6 @@ class FeatureTensors:
             num = torch.zeros(n, 0)
         return cls(cat=cat, num=num, cardinalities=[table.categorical[c] for c in cats])
 
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"cat": self.cat, "num": self.num, "cardinalities": torch.tensor(self.cardinalities, dtype=torch.long)}
-
-    @classmethod
-    def from_state_dict(cls, d: dict[str, Tensor]) -> "FeatureTensors":
-        return cls(cat=d["cat"], num=d["num"], cardinalities=[int(c) for c in d["cardinalities"]])
-
 
 class FeatureEncoder(nn.Module):
     """(N, Fc) codes + (N, Fn) numbers -> (N, dim): sum of per-column embeddings and a numeric projection."""

@@ -178,9 +178,3 @@ class Simulator:
         if response.item_cat.shape[0] != n_items or response.user_cat.shape[0] != n_users:
             raise ValueError("feature tables do not match n_users / n_items")
         return cls(response.eval(), leave, ret, tables, meta, build_config)
-
-
-def describe(sim: Simulator) -> dict[str, Any]:
-    """Short summary for the CLI."""
-    return {k: sim.meta[k] for k in ("dataset", "n_users", "n_items", "auc", "leave_fit", "return_fit") if k in sim.meta}
-

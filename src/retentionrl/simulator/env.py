@@ -88,6 +88,8 @@ class Obs:
     """What a policy sees. B users, H history slots (oldest first, left-padded)."""
 
     user: Tensor  # (B,) dense user id
+    profile_cat: Tensor  # (B, Fc) the user's categorical profile codes (0 = missing)
+    profile_num: Tensor  # (B, Fn) the user's standardised numeric profile features
     hist_items: Tensor  # (B, H) item ids
     hist_resp: Tensor  # (B, H, 8) 7 behaviours + log-watch feature
     hist_pad: Tensor  # (B, H) True = empty slot
@@ -154,7 +156,10 @@ class RetentionEnv:
             self.gen.manual_seed(int(seed))
         B = self.B
         self._obs = Obs(
-            user=torch.zeros(B, dtype=torch.long), hist_items=torch.zeros(B, self.H, dtype=torch.long),
+            user=torch.zeros(B, dtype=torch.long),
+            profile_cat=torch.zeros(B, self.model.user_cat.shape[1], dtype=torch.long),
+            profile_num=torch.zeros(B, self.model.user_num.shape[1]),
+            hist_items=torch.zeros(B, self.H, dtype=torch.long),
             hist_resp=torch.zeros(B, self.H, NB + 1), hist_pad=torch.ones(B, self.H, dtype=torch.bool),
             session_index=torch.zeros(B, dtype=torch.long), step_in_session=torch.zeros(B, dtype=torch.long),
             days_since_last=torch.zeros(B), candidates=self._draw_candidates(),
@@ -179,6 +184,8 @@ class RetentionEnv:
             return
         users = self.pool[torch.randint(len(self.pool), (n,), generator=self.gen)]
         o.user[mask] = users
+        o.profile_cat[mask] = self.model.user_cat[users]
+        o.profile_num[mask] = self.model.user_num[users]
         if self.cfg.initial_history == "logged":
             o.hist_items[mask] = self.sim.init_items[users]
             o.hist_resp[mask] = self.sim.init_resp[users]
@@ -302,4 +309,34 @@ class RetentionEnv:
         if self._obs is None:
             raise RetentionRLError("call reset() first")
         return self._obs.clone()
+
+    # --- checkpointing: a resumed training run continues the same simulated users ------------------------------
+    _ACC = ("_acc_resp", "_acc_watch", "_acc_reward")
+
+    def state_dict(self) -> dict[str, Tensor | int]:
+        """Everything that evolves between steps, as tensors (safe for ``torch.load(weights_only=True)``)."""
+        if self._obs is None:
+            raise RetentionRLError("call reset() before saving the environment")
+        out: dict[str, Tensor | int] = {f"obs.{f.name}": getattr(self._obs, f.name).clone() for f in fields(Obs)}
+        out.update({k: getattr(self, k).clone() for k in self._ACC})
+        c = self._cache
+        out.update({"cache.k": c.k.clone(), "cache.v": c.v.clone(), "cache.pad": c.pad.clone(),
+                    "cache.state": c.state.clone(), "cache.start": c.start, "gen": self.gen.get_state()})
+        if isinstance(self.leave, TemperLeave):
+            out["temper"] = self.leave.temper.clone()
+        return out
+
+    def load_state_dict(self, state: dict[str, Tensor | int]) -> None:
+        from retentionrl.nets.encoders import HistoryCache
+
+        self._obs = Obs(**{f.name: state[f"obs.{f.name}"].clone() for f in fields(Obs)})
+        if self._obs.user.shape[0] != self.B:
+            raise RetentionRLError(f"saved environment has {self._obs.user.shape[0]} users, this one {self.B}")
+        for k in self._ACC:
+            setattr(self, k, state[k].clone())
+        self._cache = HistoryCache(state["cache.k"].clone(), state["cache.v"].clone(), state["cache.pad"].clone(),
+                                   state["cache.state"].clone(), int(state["cache.start"]))
+        self.gen.set_state(state["gen"])
+        if isinstance(self.leave, TemperLeave):
+            self.leave.temper = state["temper"].clone()
 

@@ -1,0 +1,68 @@
+"""The interface every method implements, so that training, evaluation and serving treat them alike."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from retentionrl.simulator.env import Obs
+
+
+class Agent(ABC):
+    """A policy over the simulator's batched observations.
+
+    ``act`` maps a batch of observations to actions: (B, 7) fusion weights, or (B, C) candidate scores for
+    item-level agents (``action_mode = "items"``). ``explore=False`` must be deterministic (the evaluation
+    protocol freezes the policy). ``update`` takes a batch of transitions (a dict of tensors from the replay
+    buffer) and returns scalar diagnostics. ``state_dict``/``load_state_dict`` hold everything needed to resume
+    (networks, optimisers, counters) as tensors and plain values, so checkpoints load with ``weights_only``.
+    """
+
+    action_mode: str = "fusion"
+    learns: bool = False  # whether the training loop should call update()
+    batch_size: int = 0
+
+    @abstractmethod
+    def act(self, obs: Obs, explore: bool = False) -> Tensor:
+        ...
+
+    def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
+class FixedWeightsAgent(Agent):
+    """Constant fusion weights. ``RankingModel``: rank by the predicted click probability, ``[1, 0, ..., 0]``."""
+
+    def __init__(self, weights: list[float] | None = None) -> None:
+        self.w = torch.tensor(weights if weights is not None else [1.0, 0, 0, 0, 0, 0, 0])
+
+    def act(self, obs: Obs, explore: bool = False) -> Tensor:
+        return self.w.expand(obs.user.shape[0], -1).clone()
+
+
+class RandomAgent(Agent):
+    """Uniform fusion weights in [0, 1]^7 (or uniform candidate scores); seeded for reproducibility."""
+
+    def __init__(self, action_mode: str = "fusion", n_behaviours: int = 7, seed: int = 0) -> None:
+        self.action_mode, self.nb = action_mode, n_behaviours
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gen.set_state(state["gen"])
+
+    def act(self, obs: Obs, explore: bool = False) -> Tensor:
+        B = obs.user.shape[0]
+        width = self.nb if self.action_mode == "fusion" else obs.candidates.shape[0]
+        return torch.rand(B, width, generator=self.gen)

@@ -1,0 +1,1 @@
+"""Training: replay buffer, online and offline loops, checkpoints."""
