@@ -9,7 +9,8 @@ from retentionrl.errors import RetentionRLError
 
 
 def _td3(sim, cfg: dict[str, Any], seed: int) -> Agent:
-    from retentionrl.agents.td3 import TD3, AgentSpec, TD3Config
+    from retentionrl.agents.td3 import TD3, TD3Config
+    from retentionrl.nets.actor_critic import AgentSpec
     from retentionrl.config import from_dict
 
     return TD3(AgentSpec.from_simulator(sim), from_dict(TD3Config, cfg, "agent"), seed=seed)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from retentionrl.simulator.env import Obs
+from retentionrl.simulator.env import Obs, StepOutput
 
 
 class Agent(ABC):
@@ -30,6 +30,12 @@ class Agent(ABC):
         ...
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        """One gradient step from a replay batch (off-policy agents; called when ``learns``)."""
+        return {}
+
+    def observe(self, obs: Obs, action: Tensor, out: StepOutput) -> dict[str, float]:
+        """Called after every training step with what happened (on-policy / black-box agents such as CEM learn
+        here). ``out.obs`` is the next observation after auto-reset."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:

@@ -13,28 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from retentionrl.agents.base import Agent
-from retentionrl.nets.encoders import mlp
-from retentionrl.nets.state import StateEncoder
+from retentionrl.nets.actor_critic import AgentSpec, Critic, DeterministicActor, done_mask, mixed_reward, soft_update
 from retentionrl.simulator.env import Obs
-
-
-@dataclass
-class AgentSpec:
-    """What an agent's networks need to know about the simulator (sizes only)."""
-
-    user_cards: list[int]
-    n_user_num: int
-    n_items: int
-    window: int
-    n_behaviours: int = 7
-
-    @classmethod
-    def from_simulator(cls, sim) -> "AgentSpec":
-        return cls(list(sim.meta["user_cardinalities"]), int(sim.response.user_num.shape[1]), sim.n_items,
-                   int(sim.response.cfg.window))
 
 
 @dataclass
@@ -56,40 +39,6 @@ class TD3Config:
     terminal: Literal["none", "session", "episode"] = "none"
 
 
-def mixed_reward(batch: dict[str, Tensor], retention_weight: float, immediate_weight: float) -> Tensor:
-    """(N,) the reward an agent learns from."""
-    return retention_weight * batch["retention_reward"] + immediate_weight * batch["reward"]
-
-
-def done_mask(batch: dict[str, Tensor], terminal: str) -> Tensor:
-    """(N,) 1.0 where the value should not bootstrap."""
-    if terminal == "session":
-        return batch["session_end"].float()
-    if terminal == "episode":
-        return batch["episode_end"].float()
-    return torch.zeros_like(batch["reward"])
-
-
-class Actor(nn.Module):
-    def __init__(self, spec: AgentSpec, cfg: TD3Config) -> None:
-        super().__init__()
-        self.enc = StateEncoder(spec.user_cards, spec.n_user_num, spec.n_items, cfg.token_dim, spec.window, out_dim=cfg.state_dim)
-        self.net = mlp([cfg.state_dim, *cfg.hidden, spec.n_behaviours], out_act=nn.Tanh())
-
-    def forward(self, obs: Obs) -> Tensor:
-        return self.net(self.enc(obs))  # (B, 7) in [-1, 1]
-
-
-class Critic(nn.Module):
-    def __init__(self, spec: AgentSpec, cfg: TD3Config) -> None:
-        super().__init__()
-        self.enc = StateEncoder(spec.user_cards, spec.n_user_num, spec.n_items, cfg.token_dim, spec.window, out_dim=cfg.state_dim)
-        self.net = mlp([cfg.state_dim + spec.n_behaviours, *cfg.hidden, 1])
-
-    def forward(self, obs: Obs, action: Tensor) -> Tensor:
-        return self.net(torch.cat([self.enc(obs), action], dim=1)).squeeze(1)  # (B,)
-
-
 class TD3(Agent):
     action_mode = "fusion"
     learns = True
@@ -97,8 +46,8 @@ class TD3(Agent):
     def __init__(self, spec: AgentSpec, cfg: TD3Config, seed: int = 0) -> None:
         torch.manual_seed(seed)
         self.cfg, self.batch_size = cfg, cfg.batch_size
-        self.actor = Actor(spec, cfg)
-        self.q1, self.q2 = Critic(spec, cfg), Critic(spec, cfg)
+        self.actor = DeterministicActor(spec, cfg.state_dim, cfg.token_dim, cfg.hidden)
+        self.q1, self.q2 = (Critic(spec, cfg.state_dim, cfg.token_dim, cfg.hidden) for _ in range(2))
         self.actor_t, self.q1_t, self.q2_t = (copy.deepcopy(m) for m in (self.actor, self.q1, self.q2))
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
         self.critic_opt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=cfg.critic_lr)
@@ -136,10 +85,8 @@ class TD3(Agent):
             self.actor_opt.zero_grad(set_to_none=True)
             actor_loss.backward()
             self.actor_opt.step()
-            with torch.no_grad():
-                for net, tgt in ((self.actor, self.actor_t), (self.q1, self.q1_t), (self.q2, self.q2_t)):
-                    for p, pt in zip(net.parameters(), tgt.parameters()):
-                        pt.lerp_(p, cfg.tau)
+            for net, tgt in ((self.actor, self.actor_t), (self.q1, self.q1_t), (self.q2, self.q2_t)):
+                soft_update(net, tgt, cfg.tau)
             info["actor_loss"] = float(actor_loss.detach())
         return info
 

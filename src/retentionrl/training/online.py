@@ -124,12 +124,13 @@ def train(cfg: TrainConfig, sim, run_dir: str | Path, resume: bool = False, prog
             action = agent.act(obs, explore=True)
         out = env.step(action)
         buffer.add(obs, action, out)
+        observed = agent.observe(obs, action, out)
         obs = out.obs
         window["reward"] += float(out.reward.mean())
         window["retention_reward"] += float(out.retention_reward.sum())
         window["sessions"] += float(out.session_end.sum())
         window["return_days"] += float(out.return_day.sum())
-        info: dict[str, float] = {}
+        info: dict[str, float] = dict(observed)
         if step >= cfg.warmup_steps and agent.learns:
             for _ in range(cfg.updates_per_step):
                 info = agent.update(buffer.sample(agent.batch_size))
