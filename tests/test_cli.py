@@ -28,8 +28,11 @@ def test_stats_json_on_shared_slice(capsys, shared_data):
 def test_demo_runs_on_an_existing_bundle(tiny_sim, tmp_path):
     """The default job end to end (the bundle is prebuilt here; building is covered in test_simulator)."""
     bundle = tiny_sim.save(tmp_path / "bundle")
-    out = subprocess.run([sys.executable, "-m", "retentionrl.cli", "demo", "--bundle", str(bundle)],
+    out = subprocess.run([sys.executable, "-m", "retentionrl.cli", "demo", "--bundle", str(bundle),
+                          "--runs", str(tmp_path / "runs"), "--td3-steps", "30", "--quick"],
                          capture_output=True, text=True, check=True)
     assert "shipped sample" in out.stdout and "return-day histogram" in out.stdout
     assert "model AUC" in out.stdout and "session-length TV" in out.stdout
     assert (bundle / "report" / "calibration.md").is_file()
+    assert "| td3 " in out.stdout and "| ranking" in out.stdout and "return time" in out.stdout
+    assert (tmp_path / "runs" / "compare" / "comparison.csv").is_file()

@@ -8,8 +8,13 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+import yaml
+
 from retentionrl import __version__
 from retentionrl.errors import RetentionRLError
+
+
+DEFAULT_BUNDLE = "bundles/kuairand-pure-sample"
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -91,28 +96,110 @@ def cmd_simulator_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_or_build_sample_bundle(path: str | Path):
+    from retentionrl.simulator.build import BuildConfig, build_and_save
+    from retentionrl.simulator.bundle import Simulator
+
+    path = Path(path)
+    if not (path / "weights.pt").is_file():
+        print(f"[simulator] building the simulator from the shipped sample into {path}")
+        build_and_save(BuildConfig(), path)
+    return Simulator.load(path)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from retentionrl.config import from_dict, load_yaml, merge
+    from retentionrl.simulator.bundle import Simulator
+    from retentionrl.training.online import TrainConfig, train
+
+    base = load_yaml(args.config) if args.config else {}
+    over = {k: v for k, v in {"algo": args.algo, "seed": args.seed}.items() if v is not None}
+    cfg = from_dict(TrainConfig, merge(base, over), args.config or "train config")
+    sim = Simulator.load(args.simulator) if args.simulator else _load_or_build_sample_bundle(DEFAULT_BUNDLE)
+    run_dir = args.resume or args.out or f"runs/{cfg.algo}-seed{cfg.seed}"
+    summary = train(cfg, sim, run_dir, resume=bool(args.resume), stop_after=args.stop_after)
+    if summary is None:
+        print(f"stopped at step {args.stop_after}; continue with: retentionrl train --resume {run_dir} ...")
+        return 0
+    ev = summary["eval"]
+    print(f"{run_dir}: return time {ev['return_time']:.3f}, retention {ev['retention']:.3f}, "
+          f"click {ev['click_rate']:.3f} ({summary['train_seconds']:.0f}s)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from retentionrl.agents import make_agent
+    from retentionrl.config import from_dict
+    from retentionrl.evaluation.protocol import EvalConfig, evaluate_policy
+    from retentionrl.simulator.bundle import Simulator
+    from retentionrl.training.checkpoint import load_checkpoint
+    from retentionrl.training.online import RunDir, TrainConfig
+
+    run = RunDir(args.run_dir)
+    run.check_is_run()
+    cfg = from_dict(TrainConfig, yaml.safe_load(run.config.read_text()), str(run.config))
+    sim = Simulator.load(args.simulator) if args.simulator else _load_or_build_sample_bundle(DEFAULT_BUNDLE)
+    agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed)
+    if run.checkpoint.is_file():
+        agent.load_state_dict(load_checkpoint(run.checkpoint)["agent"])
+    ecfg = from_dict(EvalConfig, {"preset": cfg.preset, "env_overrides": dict(cfg.env), **cfg.eval}, "eval")
+    res = evaluate_policy(agent, sim, ecfg)
+    print(json.dumps(res["mean"], indent=2))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from retentionrl.bench.report import write_comparison
+
+    md, ref = write_comparison(args.run_dirs, args.out, args.reference)
+    print(md)
+    print(f"written: {args.out}/comparison.md, comparison.csv, training_curves.png")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The quickstart's default job, on the shipped sample: statistics, a simulator bundle (built once, then
     reused from bundles/), its AUC table and its calibration against the logs."""
-    from retentionrl.simulator.build import BuildConfig, build_and_save
-    from retentionrl.simulator.bundle import Simulator
     from retentionrl.simulator.calibration import calibration_report
 
     stats = argparse.Namespace(dataset="kuairand-pure", data_dir=None, session_rule="day", gap_minutes=30.0,
                                json=False, max_day=10)
     cmd_data_stats(stats)
     bundle = Path(args.bundle)
-    if not (bundle / "weights.pt").is_file():
-        print(f"\n[demo] building the simulator from the shipped sample into {bundle}")
-        build_and_save(BuildConfig(), bundle)
-    sim = Simulator.load(bundle)
+    sim = _load_or_build_sample_bundle(bundle)
     print(f"\n[demo] simulator {bundle}: response model on the held-out last day")
     print(_auc_table(sim.meta))
-    res = calibration_report(sim, bundle / "report", preset="learned", n_users=500, seed=0)
+    res = calibration_report(sim, bundle / "report", preset="learned", n_users=64 if args.quick else 500, seed=0)
     print(f"\n[demo] calibration (learned preset, logged-like policy): return-day TV "
           f"{res['tv_return_day_censored']:.3f} (censoring-matched), session-length TV {res['tv_session_length']:.3f}")
     print(f"[demo] report: {bundle / 'report' / 'calibration.md'}")
+
+    # A short TD3 against the two fixed baselines, each frozen and evaluated on held-out simulated users.
+    from retentionrl.bench.report import write_comparison
+    from retentionrl.config import from_dict
+    from retentionrl.training.online import TrainConfig, train
+
+    runs = Path(args.runs)
+    dirs = []
+    for algo, steps, seeds in (("td3", args.td3_steps, (0, 1)), ("ranking", 1, (0,)), ("random", 1, (0,))):
+        for seed in seeds:
+            quick = {"n_users": 8, "eval": {"n_users": 16, "n_episodes": 16, "seeds": [10000, 10001]}} if args.quick else {}
+            cfg = from_dict(TrainConfig, {**DEMO_TRAIN, **quick, "algo": algo, "seed": seed, "total_steps": steps,
+                                          "warmup_steps": min(100, steps - 1)}, "demo")
+            run = runs / f"{algo}-seed{seed}"
+            if not (run / "summary.json").is_file():
+                print(f"[demo] training {algo} (seed {seed}, {steps} steps of {cfg.n_users} users)")
+                train(cfg, sim, run, resume=(run / "config.yaml").is_file())
+            dirs.append(run)
+    md, _ = write_comparison(dirs, runs / "compare")
+    print("\n[demo] frozen policies on held-out simulated users (KuaiSim preset):\n")
+    print(md)
+    print(f"[demo] table, CSV and curves: {runs / 'compare'}")
     return 0
+
+
+DEMO_TRAIN = {"preset": "kuaisim", "n_users": 32, "log_every": 100, "eval_every": 300, "checkpoint_every": 300,
+              "eval": {"n_users": 128, "n_episodes": 256, "seeds": [10000, 10001]}}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,7 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
 
     demo = groups.add_parser("demo", help="the quickstart's default job on the shipped sample")
-    demo.add_argument("--bundle", default="bundles/kuairand-pure-sample", help="where the sample's simulator lives")
+    demo.add_argument("--bundle", default=DEFAULT_BUNDLE, help="where the sample's simulator lives")
+    demo.add_argument("--runs", default="runs/demo", help="where the demo's training runs go")
+    demo.add_argument("--td3-steps", type=int, default=600, help="TD3 training steps (of 32 users each)")
+    demo.add_argument("--quick", action="store_true", help="tiny simulations everywhere (a smoke test)")
     demo.set_defaults(func=cmd_demo)
 
     data = groups.add_parser("data", help="inspect datasets")
@@ -158,6 +248,26 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--users", type=int, default=2000, help="simulated users")
     report.add_argument("--seed", type=int, default=0)
     report.set_defaults(func=cmd_simulator_report)
+    from retentionrl.agents import AGENTS
+
+    tr = groups.add_parser("train", help="train a policy in a simulator bundle")
+    tr.add_argument("--algo", default=None, help=f"one of: {', '.join(AGENTS)}")
+    tr.add_argument("--config", default=None, help="YAML train config (configs/train/*.yaml)")
+    tr.add_argument("--seed", type=int, default=None)
+    tr.add_argument("--simulator", default=None, help=f"bundle directory (default: {DEFAULT_BUNDLE}, built if missing)")
+    tr.add_argument("--out", default=None, help="run directory (default: runs/<algo>-seed<seed>)")
+    tr.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    tr.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this many steps")
+    tr.set_defaults(func=cmd_train)
+    ev = groups.add_parser("evaluate", help="evaluate a run's frozen policy with its evaluation protocol")
+    ev.add_argument("run_dir")
+    ev.add_argument("--simulator", default=None)
+    ev.set_defaults(func=cmd_evaluate)
+    cmp = groups.add_parser("compare", help="table with CIs and t-tests, CSV and training curves from run dirs")
+    cmp.add_argument("run_dirs", nargs="+")
+    cmp.add_argument("--out", default="reports/compare")
+    cmp.add_argument("--reference", default=None, help="method to test against (default: best return time)")
+    cmp.set_defaults(func=cmd_compare)
     return parser
 
 

@@ -1,42 +1,33 @@
-"""Agents: one file per method, all behind :class:`retentionrl.agents.base.Agent`."""
+"""Agents: one file per method, all behind :class:`retentionrl.agents.base.Agent`.
+
+Each method's module exposes ``build(sim, cfg: dict, seed) -> Agent``; the registry imports it lazily so that
+``retentionrl --help`` stays fast.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from importlib import import_module
+from typing import Any
 
 from retentionrl.agents.base import Agent, FixedWeightsAgent, RandomAgent
 from retentionrl.errors import RetentionRLError
 
-
-def _td3(sim, cfg: dict[str, Any], seed: int) -> Agent:
-    from retentionrl.agents.td3 import TD3, TD3Config
-    from retentionrl.nets.actor_critic import AgentSpec
-    from retentionrl.config import from_dict
-
-    return TD3(AgentSpec.from_simulator(sim), from_dict(TD3Config, cfg, "agent"), seed=seed)
-
-
-def _fixed(sim, cfg: dict[str, Any], seed: int) -> Agent:
-    unknown = sorted(set(cfg) - {"weights"})
-    if unknown:
-        raise RetentionRLError(f"agent: unknown key '{unknown[0]}' (allowed: weights)")
-    return FixedWeightsAgent(cfg.get("weights"))
-
-
-def _random(sim, cfg: dict[str, Any], seed: int) -> Agent:
-    if cfg:
-        raise RetentionRLError(f"agent: unknown key '{sorted(cfg)[0]}' (random takes no options)")
-    return RandomAgent(seed=seed)
-
-
-AGENTS: dict[str, Callable[[Any, dict[str, Any], int], Agent]] = {
-    "td3": _td3,
-    "ranking": _fixed,
-    "random": _random,
+#: algorithm name -> "module:function" building it
+AGENTS: dict[str, str] = {
+    "td3": "retentionrl.agents.td3:build",
+    "sac": "retentionrl.agents.sac:build",
+    "ddpg": "retentionrl.agents.ddpg:build",
+    "cem": "retentionrl.agents.cem:build",
+    "ranking": "retentionrl.agents.base:build_ranking",
+    "random": "retentionrl.agents.base:build_random",
 }
 
 
 def make_agent(name: str, sim, cfg: dict[str, Any] | None = None, seed: int = 0) -> Agent:
     if name not in AGENTS:
         raise RetentionRLError(f"unknown algorithm '{name}' (known: {', '.join(AGENTS)})")
-    return AGENTS[name](sim, dict(cfg or {}), seed)
+    module, func = AGENTS[name].split(":")
+    return getattr(import_module(module), func)(sim, dict(cfg or {}), seed)
+
+
+__all__ = ["AGENTS", "Agent", "FixedWeightsAgent", "RandomAgent", "make_agent"]

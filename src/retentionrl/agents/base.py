@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from retentionrl.errors import RetentionRLError
 from retentionrl.simulator.env import Obs, StepOutput
 
 
@@ -72,3 +73,17 @@ class RandomAgent(Agent):
         B = obs.user.shape[0]
         width = self.nb if self.action_mode == "fusion" else obs.candidates.shape[0]
         return torch.rand(B, width, generator=self.gen)
+
+
+def build_ranking(sim, cfg: dict[str, Any], seed: int) -> FixedWeightsAgent:
+    unknown = sorted(set(cfg) - {"weights"})
+    if unknown:
+        raise RetentionRLError(f"agent: unknown key '{unknown[0]}' (allowed: weights)")
+    return FixedWeightsAgent(cfg.get("weights"))
+
+
+def build_random(sim, cfg: dict[str, Any], seed: int) -> RandomAgent:
+    unknown = sorted(set(cfg) - {"action_mode"})
+    if unknown:
+        raise RetentionRLError(f"agent: unknown key '{unknown[0]}' (allowed: action_mode)")
+    return RandomAgent(action_mode=cfg.get("action_mode", "fusion"), seed=seed)

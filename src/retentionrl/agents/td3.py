@@ -100,3 +100,9 @@ class TD3(Agent):
             getattr(self, k).load_state_dict(state[k])
         self.gen.set_state(state["gen"])
         self.n_updates = int(state["n_updates"])
+
+
+def build(sim, cfg: dict[str, Any], seed: int) -> TD3:
+    from retentionrl.config import from_dict
+
+    return TD3(AgentSpec.from_simulator(sim), from_dict(TD3Config, cfg, "agent"), seed=seed)

@@ -1,0 +1,110 @@
+"""DDPG (Lillicrap et al., 2016) over the fusion action, CleanRL-style.
+
+Deterministic actor ``mu(s) = tanh(MLP(s))`` ∈ [-1, 1]^7, one critic ``Q(s, a)``, target copies ``mu'``, ``Q'``.
+For a replay batch of N transitions (obs (N, ...), action a (N, 7), reward r (N,), done d (N,)):
+
+    y           = r + gamma * (1 - d) * Q'(s', mu'(s'))                 (N,)  no gradient
+    critic_loss = mean((Q(s, a) - y)^2)
+    actor_loss  = -mean(Q(s, mu(s)))                                     (critic frozen by the actor optimiser)
+    theta'      <- tau * theta + (1 - tau) * theta'                      (both targets, every update)
+
+Exploration: ``clamp(mu(s) + sigma * eps, -1, 1)``, ``eps ~ N(0, I)`` drawn from the agent's own seeded
+generator (so a resumed run draws the same noise). Reward and terminal handling are TD3's
+(:func:`~retentionrl.nets.actor_critic.mixed_reward`, :func:`~retentionrl.nets.actor_critic.done_mask`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from retentionrl.agents.base import Agent
+from retentionrl.nets.actor_critic import AgentSpec, Critic, DeterministicActor, done_mask, mixed_reward, soft_update
+from retentionrl.simulator.env import Obs
+
+
+@dataclass
+class DDPGConfig:
+    gamma: float = 0.9
+    tau: float = 0.005
+    actor_lr: float = 1e-4
+    critic_lr: float = 1e-3
+    batch_size: int = 128
+    exploration_noise: float = 0.1
+    hidden: list[int] = field(default_factory=lambda: [128, 32])
+    state_dim: int = 64
+    token_dim: int = 32
+    retention_weight: float = 1.0
+    immediate_weight: float = 0.0
+    terminal: Literal["none", "session", "episode"] = "none"
+
+
+class DDPG(Agent):
+    action_mode = "fusion"
+    learns = True
+    _STATE = ("actor", "q", "actor_t", "q_t", "actor_opt", "critic_opt")
+
+    def __init__(self, spec: AgentSpec, cfg: DDPGConfig, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        self.cfg, self.batch_size = cfg, cfg.batch_size
+        self.actor = DeterministicActor(spec, cfg.state_dim, cfg.token_dim, cfg.hidden)
+        self.q = Critic(spec, cfg.state_dim, cfg.token_dim, cfg.hidden)
+        self.actor_t, self.q_t = copy.deepcopy(self.actor), copy.deepcopy(self.q)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.critic_opt = torch.optim.Adam(self.q.parameters(), lr=cfg.critic_lr)
+        self.gen = torch.Generator().manual_seed(seed + 1)
+        self.n_updates = 0
+
+    @torch.no_grad()
+    def act(self, obs: Obs, explore: bool = False) -> Tensor:
+        """(B, 7) fusion weights in [-1, 1]; ``explore`` adds Gaussian noise from ``self.gen``."""
+        a = self.actor(obs)
+        if explore:
+            a = a + self.cfg.exploration_noise * torch.randn(a.shape, generator=self.gen)
+        return a.clamp(-1.0, 1.0)
+
+    def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        from retentionrl.training.buffer import obs_from_batch
+
+        cfg = self.cfg
+        obs, nxt = obs_from_batch(batch), obs_from_batch(batch, "next_")
+        r = mixed_reward(batch, cfg.retention_weight, cfg.immediate_weight)  # (N,)
+        done = done_mask(batch, cfg.terminal)  # (N,)
+        with torch.no_grad():
+            target = r + cfg.gamma * (1 - done) * self.q_t(nxt, self.actor_t(nxt))  # (N,)
+        q = self.q(obs, batch["action"])  # (N,)
+        critic_loss = ((q - target) ** 2).mean()
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+
+        actor_loss = -self.q(obs, self.actor(obs)).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_opt.step()
+        for net, tgt in ((self.actor, self.actor_t), (self.q, self.q_t)):
+            soft_update(net, tgt, cfg.tau)
+        self.n_updates += 1
+        return {"critic_loss": float(critic_loss.detach()), "actor_loss": float(actor_loss.detach()),
+                "q": float(q.detach().mean())}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**{k: getattr(self, k).state_dict() for k in self._STATE}, "gen": self.gen.get_state(),
+                "n_updates": self.n_updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k in self._STATE:
+            getattr(self, k).load_state_dict(state[k])
+        self.gen.set_state(state["gen"])
+        self.n_updates = int(state["n_updates"])
+
+
+def build(sim, cfg: dict[str, Any], seed: int) -> Agent:
+    """Registry entry: ``AGENTS["ddpg"] = ddpg.build``."""
+    from retentionrl.config import from_dict
+
+    return DDPG(AgentSpec.from_simulator(sim), from_dict(DDPGConfig, cfg, "agent"), seed=seed)

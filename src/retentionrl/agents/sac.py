@@ -1,0 +1,146 @@
+"""SAC (Haarnoja et al., 2018) over the fusion action, CleanRL-style, with automatic entropy tuning.
+
+Squashed Gaussian policy ``a = tanh(u)``, ``u ~ N(mu(s), sigma(s))`` (:class:`GaussianActor`), twin critics
+``Q_1, Q_2`` with target copies ``Q'_1, Q'_2``, temperature ``alpha = exp(log_alpha)``. For a replay batch of N
+transitions (obs (N, ...), action a (N, 7), reward r (N,), done d (N,)); ``a~``, ``log pi`` are fresh
+reparameterised samples (N, 7), (N,):
+
+    y           = r + gamma * (1 - d) * (min_i Q'_i(s', a~') - alpha * log pi(a~' | s'))     (N,)  no gradient
+    critic_loss = mean((Q_1(s, a) - y)^2) + mean((Q_2(s, a) - y)^2)
+    actor_loss  = mean(alpha * log pi(a~ | s) - min_i Q_i(s, a~))
+    alpha_loss  = -mean(log_alpha * (log pi(a~ | s) + H_target))     (autotune; H_target = -7 = -dim A)
+    theta'_i    <- tau * theta_i + (1 - tau) * theta'_i                (every update)
+
+``act(explore=True)`` samples ``a~`` from the policy with the agent's own seeded generator (also used for the
+update's samples, so a resumed run continues identically); ``act(explore=False)`` is ``tanh(mu(s))``. Reward
+and terminal handling are TD3's (:func:`~retentionrl.nets.actor_critic.mixed_reward`,
+:func:`~retentionrl.nets.actor_critic.done_mask`). ``autotune: false`` keeps ``alpha`` fixed at its initial value.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from retentionrl.agents.base import Agent
+from retentionrl.errors import RetentionRLError
+from retentionrl.nets.actor_critic import AgentSpec, Critic, GaussianActor, done_mask, mixed_reward, soft_update
+from retentionrl.simulator.env import Obs
+
+
+@dataclass
+class SACConfig:
+    gamma: float = 0.9
+    tau: float = 0.005
+    actor_lr: float = 1e-4
+    critic_lr: float = 1e-3
+    alpha_lr: float = 1e-3
+    batch_size: int = 128
+    alpha: float = 0.2  # initial temperature (the fixed one when autotune is off)
+    autotune: bool = True
+    target_entropy: float = -7.0  # -dim(action)
+    hidden: list[int] = field(default_factory=lambda: [128, 32])
+    state_dim: int = 64
+    token_dim: int = 32
+    retention_weight: float = 1.0
+    immediate_weight: float = 0.0
+    terminal: Literal["none", "session", "episode"] = "none"
+
+
+class SAC(Agent):
+    action_mode = "fusion"
+    learns = True
+    _NETS = ("actor", "q1", "q2", "q1_t", "q2_t", "actor_opt", "critic_opt")
+
+    def __init__(self, spec: AgentSpec, cfg: SACConfig, seed: int = 0) -> None:
+        if cfg.alpha <= 0:
+            raise RetentionRLError(f"agent.alpha must be positive, got {cfg.alpha}")
+        torch.manual_seed(seed)
+        self.cfg, self.batch_size = cfg, cfg.batch_size
+        self.actor = GaussianActor(spec, cfg.state_dim, cfg.token_dim, cfg.hidden)
+        self.q1, self.q2 = (Critic(spec, cfg.state_dim, cfg.token_dim, cfg.hidden) for _ in range(2))
+        self.q1_t, self.q2_t = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.critic_opt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=cfg.critic_lr)
+        self.log_alpha = torch.tensor(math.log(cfg.alpha), requires_grad=cfg.autotune)  # scalar
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr) if cfg.autotune else None
+        self.gen = torch.Generator().manual_seed(seed + 1)
+        self.n_updates = 0
+
+    @property
+    def alpha(self) -> float:
+        return float(self.log_alpha.detach().exp())
+
+    @torch.no_grad()
+    def act(self, obs: Obs, explore: bool = False) -> Tensor:
+        """(B, 7) fusion weights in [-1, 1]: a policy sample when exploring, else ``tanh(mu(s))``."""
+        if explore:
+            return self.actor.sample(obs, self.gen)[0]
+        return torch.tanh(self.actor(obs)[0])
+
+    def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        from retentionrl.training.buffer import obs_from_batch
+
+        cfg = self.cfg
+        obs, nxt = obs_from_batch(batch), obs_from_batch(batch, "next_")
+        r = mixed_reward(batch, cfg.retention_weight, cfg.immediate_weight)  # (N,)
+        done = done_mask(batch, cfg.terminal)  # (N,)
+        alpha = self.log_alpha.detach().exp()
+        with torch.no_grad():
+            a2, logp2 = self.actor.sample(nxt, self.gen)  # (N, 7), (N,)
+            v2 = torch.min(self.q1_t(nxt, a2), self.q2_t(nxt, a2)) - alpha * logp2
+            target = r + cfg.gamma * (1 - done) * v2  # (N,)
+        a = batch["action"]
+        q1, q2 = self.q1(obs, a), self.q2(obs, a)
+        critic_loss = ((q1 - target) ** 2).mean() + ((q2 - target) ** 2).mean()
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+
+        pi, logp = self.actor.sample(obs, self.gen)
+        actor_loss = (alpha * logp - torch.min(self.q1(obs, pi), self.q2(obs, pi))).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_opt.step()
+        info = {"critic_loss": float(critic_loss.detach()), "actor_loss": float(actor_loss.detach()),
+                "q": float(q1.detach().mean()), "entropy": float(-logp.detach().mean())}
+        if self.alpha_opt is not None:
+            alpha_loss = -(self.log_alpha * (logp.detach() + cfg.target_entropy)).mean()
+            self.alpha_opt.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_opt.step()
+            info["alpha_loss"] = float(alpha_loss.detach())
+        info["alpha"] = self.alpha
+        for net, tgt in ((self.q1, self.q1_t), (self.q2, self.q2_t)):
+            soft_update(net, tgt, cfg.tau)
+        self.n_updates += 1
+        return info
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {k: getattr(self, k).state_dict() for k in self._NETS}
+        if self.alpha_opt is not None:
+            state["alpha_opt"] = self.alpha_opt.state_dict()
+        return {**state, "log_alpha": self.log_alpha.detach().clone(), "gen": self.gen.get_state(),
+                "n_updates": self.n_updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k in self._NETS:
+            getattr(self, k).load_state_dict(state[k])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        if self.alpha_opt is not None:
+            self.alpha_opt.load_state_dict(state["alpha_opt"])
+        self.gen.set_state(state["gen"])
+        self.n_updates = int(state["n_updates"])
+
+
+def build(sim, cfg: dict[str, Any], seed: int) -> Agent:
+    """Registry entry: ``AGENTS["sac"] = sac.build``."""
+    from retentionrl.config import from_dict
+
+    return SAC(AgentSpec.from_simulator(sim), from_dict(SACConfig, cfg, "agent"), seed=seed)

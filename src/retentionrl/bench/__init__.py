@@ -1,0 +1,1 @@
+"""Benchmark grids and reports (tables, plots)."""

@@ -1,0 +1,127 @@
+"""Compare run directories: a markdown table (and CSV) with 95% CIs over training seeds and Welch t-tests
+against a reference method, plus PNG training curves. Reads only what runs write (``config.yaml``,
+``summary.json``, ``metrics.jsonl``), so run directories from different machines compare fine."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from retentionrl.errors import RetentionRLError
+from retentionrl.evaluation.stats import compare_runs
+from retentionrl.utils.io import atomic_path, write_text_atomic
+
+#: metric -> (label, lower is better)
+METRICS: dict[str, tuple[str, bool]] = {
+    "return_time": ("return time ↓", True),
+    "retention": ("retention ↑", False),
+    "click_rate": ("click ↑", False),
+    "long_view_rate": ("long view ↑", False),
+    "like_rate": ("like ↑", False),
+    "session_length": ("session length", False),
+}
+
+
+def load_runs(run_dirs: list[str | Path]) -> dict[str, list[dict[str, Any]]]:
+    """method -> list of {seed, eval, train_seconds, dir} (one per finished run)."""
+    runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for d in run_dirs:
+        d = Path(d)
+        if not (d / "config.yaml").is_file():
+            raise RetentionRLError(f"{d}: not a run directory (no config.yaml)")
+        if not (d / "summary.json").is_file():
+            raise RetentionRLError(f"{d}: the run has not finished (no summary.json; resume it with --resume)")
+        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        summary = json.loads((d / "summary.json").read_text())
+        label = cfg.get("label") or cfg["algo"]
+        runs[label].append({"seed": cfg["seed"], "eval": summary["eval"], "train_seconds": summary.get("train_seconds"),
+                            "dir": d})
+    return dict(runs)
+
+
+def best_method(runs: dict[str, list[dict[str, Any]]], metric: str = "return_time") -> str:
+    lower = METRICS[metric][1]
+    means = {m: sum(r["eval"][metric] for r in rs) / len(rs) for m, rs in runs.items()}
+    return min(means, key=means.get) if lower else max(means, key=means.get)
+
+
+def comparison_table(runs: dict[str, list[dict[str, Any]]], reference: str | None = None) -> tuple[str, str, str]:
+    """(markdown, csv, reference used). Marks: * p<0.05, ** p<0.01, *** p<0.001 (Welch vs the reference)."""
+    reference = reference or best_method(runs)
+    if reference not in runs:
+        raise RetentionRLError(f"reference '{reference}' is not among the runs ({', '.join(runs)})")
+    methods = list(runs)
+    cols: dict[str, list[dict[str, Any]]] = {}
+    for metric, (_, lower) in METRICS.items():
+        vals = {m: [r["eval"][metric] for r in runs[m]] for m in methods}
+        if any(v is None for vs in vals.values() for v in vs):
+            continue
+        cols[metric] = compare_runs(vals, reference, lower_is_better=lower)
+    head = ["method", "seeds", *(METRICS[m][0] for m in cols), "train s / run"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["method", "seeds", *(f"{m}_{k}" for m in cols for k in ("mean", "ci_low", "ci_high", "p_value")),
+                "train_seconds_mean"])
+    for i, m in enumerate(methods):
+        secs = [r["train_seconds"] for r in runs[m] if r["train_seconds"] is not None]
+        mean_secs = sum(secs) / len(secs) if secs else None
+        cells = [m + (" (ref)" if m == reference else ""), str(len(runs[m]))]
+        row = [m, len(runs[m])]
+        for metric, rows in cols.items():
+            r = rows[i]
+            ci = f" ± {r['half_width']:.3f}" if r["half_width"] is not None else ""
+            cells.append(f"{r['mean']:.3f}{ci}{r['mark']}")
+            row += [r["mean"], r["ci_low"], r["ci_high"], r["p_value"]]
+        cells.append("–" if mean_secs is None else f"{mean_secs:.0f}")
+        row.append(mean_secs)
+        lines.append("| " + " | ".join(cells) + " |")
+        w.writerow(row)
+    note = (f"\nMean ± 95% CI (Student t) over training seeds; each run's policy frozen and evaluated on held-out "
+            f"simulated users with fixed evaluation seeds. Welch t-test against **{reference}**: * p<0.05, ** p<0.01, "
+            f"*** p<0.001.\n")
+    return "\n".join(lines) + "\n" + note, buf.getvalue(), reference
+
+
+def training_curves(runs: dict[str, list[dict[str, Any]]], path: Path, metric: str = "return_time") -> None:
+    """Mean over seeds of the periodic frozen-policy evaluations, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for m, rs in runs.items():
+        by_step: dict[int, list[float]] = defaultdict(list)
+        for r in rs:
+            for line in (r["dir"] / "metrics.jsonl").read_text().splitlines():
+                rec = json.loads(line)
+                if rec.get("event") == "eval" and rec.get(metric) is not None:
+                    by_step[rec["step"]].append(rec[metric])
+        if by_step:
+            steps = sorted(by_step)
+            ax.plot(steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], marker="o", label=m)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel(METRICS[metric][0])
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def write_comparison(run_dirs: list[str | Path], out: str | Path, reference: str | None = None) -> tuple[str, str]:
+    runs = load_runs(run_dirs)
+    md, table_csv, ref = comparison_table(runs, reference)
+    out = Path(out)
+    write_text_atomic(out / "comparison.md", md)
+    write_text_atomic(out / "comparison.csv", table_csv)
+    training_curves(runs, out / "training_curves.png")
+    return md, ref
