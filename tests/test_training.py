@@ -82,3 +82,24 @@ def test_td3_learns_the_sign_of_the_fusion_weights(tiny_sim, tmp_path):
     trained = train(cfg, tiny_sim, tmp_path / "td3", progress=False)
     base = evaluate_policy(Uniform(), tiny_sim, EvalConfig(preset="kuaisim", env_overrides={"max_sessions": 2}, **EVAL))
     assert trained["eval"]["click_rate"] > base["mean"]["click_rate"] + 0.05
+
+
+def test_every_shipped_train_config_builds_its_agent(tiny_sim):
+    """configs/train/*.yaml: valid keys for the loop and for the agent (a typo is an error, not ignored)."""
+    from pathlib import Path
+
+    from retentionrl.agents import make_agent
+    from retentionrl.config import from_dict, load_yaml
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs" / "train").glob("*.yaml"))
+    assert len(configs) >= 6
+    for path in configs:
+        cfg = from_dict(TrainConfig, load_yaml(path), str(path))
+        make_agent(cfg.algo, tiny_sim, cfg.agent, seed=0)
+
+
+def test_typo_in_train_config_is_an_error():
+    from retentionrl.config import ConfigError, from_dict
+
+    with pytest.raises(ConfigError, match="unknown key 'total_step'"):
+        from_dict(TrainConfig, {"total_step": 10})

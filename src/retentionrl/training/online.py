@@ -28,6 +28,7 @@ from retentionrl.utils.io import write_json_atomic, write_text_atomic
 @dataclass
 class TrainConfig:
     algo: str = "td3"
+    label: str | None = None  # name in comparison tables (default: algo)
     seed: int = 0
     preset: str = "kuaisim"
     env: dict[str, Any] = field(default_factory=dict)  # EnvConfig overrides

@@ -1,0 +1,66 @@
+"""A grid of training runs (methods × seeds) that can be filled over several sittings.
+
+Each cell is an ordinary run directory ``RUNS/<method>/seed<k>``: a finished cell (``summary.json``) is skipped,
+an interrupted one is resumed from its checkpoint, a missing one is started. Cells run one after another, or in
+worker processes (``workers > 1``); each process uses one torch thread so that workers do not oversubscribe
+the cores. The table is rebuilt from whatever cells have finished.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from retentionrl.config import from_dict, load_yaml, merge
+
+
+@dataclass
+class Cell:
+    method: str  # label in the table (the config file's stem)
+    config: str  # YAML train config
+    seed: int
+    run_dir: str
+    simulator: str
+
+
+def cells(configs: list[str | Path], seeds: list[int], runs_root: str | Path, simulator: str) -> list[Cell]:
+    out = []
+    for c in configs:
+        c = Path(c)
+        for s in seeds:
+            out.append(Cell(c.stem, str(c), s, str(Path(runs_root) / c.stem / f"seed{s}"), simulator))
+    return out
+
+
+def run_cell(cell: Cell, threads: int | None = None) -> str:
+    """Train one cell to completion (resuming if it was interrupted); returns its run directory."""
+    import torch
+
+    from retentionrl.simulator.bundle import Simulator
+    from retentionrl.training.online import TrainConfig, train
+
+    if threads:
+        torch.set_num_threads(threads)
+    run = Path(cell.run_dir)
+    if (run / "summary.json").is_file():
+        return cell.run_dir
+    cfg = from_dict(TrainConfig, merge(load_yaml(cell.config), {"seed": cell.seed, "label": cell.method}), cell.config)
+    train(cfg, Simulator.load(cell.simulator), run, resume=(run / "config.yaml").is_file(), progress=False)
+    return cell.run_dir
+
+
+def run_grid(grid: list[Cell], workers: int = 1, log=print) -> list[str]:
+    todo = [c for c in grid if not (Path(c.run_dir) / "summary.json").is_file()]
+    log(f"[grid] {len(grid)} cells, {len(grid) - len(todo)} already finished, {len(todo)} to run")
+    if workers <= 1:
+        for i, c in enumerate(todo, 1):
+            log(f"[grid] {i}/{len(todo)}: {c.method} seed {c.seed}")
+            run_cell(c)
+    else:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        with ProcessPoolExecutor(workers) as pool:
+            for done in pool.map(run_cell, todo, [1] * len(todo)):
+                log(f"[grid] finished {done}")
+    return [c.run_dir for c in grid if (Path(c.run_dir) / "summary.json").is_file()]
