@@ -90,11 +90,13 @@ def test_every_shipped_train_config_builds_its_agent(tiny_sim):
 
     from retentionrl.agents import make_agent
     from retentionrl.config import from_dict, load_yaml
+    from retentionrl.training import trainer_for
 
     configs = sorted((Path(__file__).resolve().parents[1] / "configs" / "train").glob("*.yaml"))
-    assert len(configs) >= 6
+    assert len(configs) >= 7
     for path in configs:
-        cfg = from_dict(TrainConfig, load_yaml(path), str(path))
+        raw = load_yaml(path)
+        cfg = from_dict(trainer_for(raw["algo"])[0], raw, str(path))
         make_agent(cfg.algo, tiny_sim, cfg.agent, seed=0)
 
 

@@ -110,11 +110,13 @@ def _load_or_build_sample_bundle(path: str | Path):
 def cmd_train(args: argparse.Namespace) -> int:
     from retentionrl.config import from_dict, load_yaml, merge
     from retentionrl.simulator.bundle import Simulator
-    from retentionrl.training.online import TrainConfig, train
+    from retentionrl.training import trainer_for
 
     base = load_yaml(args.config) if args.config else {}
     over = {k: v for k, v in {"algo": args.algo, "seed": args.seed}.items() if v is not None}
-    cfg = from_dict(TrainConfig, merge(base, over), args.config or "train config")
+    raw = merge(base, over)
+    config_cls, train = trainer_for(raw.get("algo", "td3"))
+    cfg = from_dict(config_cls, raw, args.config or "train config")
     sim = Simulator.load(args.simulator) if args.simulator else _load_or_build_sample_bundle(DEFAULT_BUNDLE)
     run_dir = args.resume or args.out or f"runs/{cfg.algo}-seed{cfg.seed}"
     summary = train(cfg, sim, run_dir, resume=bool(args.resume), stop_after=args.stop_after)
@@ -132,12 +134,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from retentionrl.config import from_dict
     from retentionrl.evaluation.protocol import EvalConfig, evaluate_policy
     from retentionrl.simulator.bundle import Simulator
+    from retentionrl.training import trainer_for
     from retentionrl.training.checkpoint import load_checkpoint
-    from retentionrl.training.online import RunDir, TrainConfig
+    from retentionrl.training.online import RunDir
 
     run = RunDir(args.run_dir)
     run.check_is_run()
-    cfg = from_dict(TrainConfig, yaml.safe_load(run.config.read_text()), str(run.config))
+    raw = yaml.safe_load(run.config.read_text())
+    cfg = from_dict(trainer_for(raw.get("algo", "td3"))[0], raw, str(run.config))
     sim = Simulator.load(args.simulator) if args.simulator else _load_or_build_sample_bundle(DEFAULT_BUNDLE)
     agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed)
     if run.checkpoint.is_file():

@@ -18,6 +18,8 @@ AGENTS: dict[str, str] = {
     "sac": "retentionrl.agents.sac:build",
     "ddpg": "retentionrl.agents.ddpg:build",
     "cem": "retentionrl.agents.cem:build",
+    "din": "retentionrl.agents.din:build",
+    "bc": "retentionrl.agents.bc:build",
     "ranking": "retentionrl.agents.base:build_ranking",
     "random": "retentionrl.agents.base:build_random",
 }

@@ -39,14 +39,16 @@ def run_cell(cell: Cell, threads: int | None = None) -> str:
     import torch
 
     from retentionrl.simulator.bundle import Simulator
-    from retentionrl.training.online import TrainConfig, train
+    from retentionrl.training import trainer_for
 
     if threads:
         torch.set_num_threads(threads)
     run = Path(cell.run_dir)
     if (run / "summary.json").is_file():
         return cell.run_dir
-    cfg = from_dict(TrainConfig, merge(load_yaml(cell.config), {"seed": cell.seed, "label": cell.method}), cell.config)
+    raw = merge(load_yaml(cell.config), {"seed": cell.seed, "label": cell.method})
+    config_cls, train = trainer_for(raw.get("algo", "td3"))
+    cfg = from_dict(config_cls, raw, cell.config)
     train(cfg, Simulator.load(cell.simulator), run, resume=(run / "config.yaml").is_file(), progress=False)
     return cell.run_dir
 

@@ -1,0 +1,209 @@
+"""DIN, Deep Interest Network (Zhou et al., KDD'18): a supervised click model used greedily at item level.
+
+For a user with history tokens ``h_1..h_H`` and a target item ``t``::
+
+    a_j   = MLP_att([h_j, t, h_j - t, h_j * t])         (no softmax: DIN keeps the intensity of interest)
+    u(t)  = Σ_j a_j h_j                                  (padding slots have a_j = 0)
+    logit = MLP([p, u(t), t, u(t) * t, p * t])              (p = profile(user); products as in the DIN code)
+
+Item embedding ``e(i) = id_embedding(i) + FeatureEncoder(item_cat[i], item_num[i])`` (the item feature tables are
+copied from the simulator at build); history token ``h_j = e(item_j) + W_r resp_j`` (the behaviours the user showed
+on that exposure, so non-clicked exposures still say something). Trained offline with BCE on the clicks of the
+logged slates (``slate`` (M, K), ``responses`` (M, K, 7) from :func:`retentionrl.training.offline.generate_logs`).
+As a policy it is item-level (``action_mode = "items"``) and greedy: ``act`` returns the (B, C) click logits of
+every candidate, the environment shows the top K.
+
+Cost of scoring every candidate. The attention MLP's first layer is linear in the concatenation, so
+``W [h, t, h-t, h*t] = (W_h + W_d) h + (W_t - W_d) t + W_p (h * t)``: the first two terms are computed once per
+history slot (B, H, F) and once per candidate (C, F), and only the product term needs every (slot, candidate)
+pair, as one batched GEMM ``(B, H*F, D) @ (B, D, c)``. Scoring B users against C candidates costs
+``O(B·H·C·F·D)`` multiply-adds (F = first attention width, D = embedding width), e.g. 256 × 12 × 4.6k × 16 × 32
+≈ 7·10⁹, and the (B, H, c, F) activations are built for ``c`` candidates at a time with
+``B·H·c·F ≤ chunk_elems``, so memory stays bounded (~3 × chunk_elems floats) whatever C is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from retentionrl.agents.base import Agent
+from retentionrl.data.schema import BEHAVIOURS
+from retentionrl.errors import RetentionRLError
+from retentionrl.nets.encoders import FeatureEncoder, mlp
+from retentionrl.simulator.env import Obs
+
+
+@dataclass
+class DINConfig:
+    dim: int = 32  # D: item / profile embedding width
+    att_hidden: list[int] = field(default_factory=lambda: [16])  # attention MLP widths (the first one is F)
+    hidden: list[int] = field(default_factory=lambda: [64, 32])  # output MLP widths
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 256  # logged requests per update (each gives K exposures)
+    target: str = "click"  # the behaviour the model predicts
+    max_history: int | None = None  # attend to the last N exposures only (None: the whole observed window)
+    chunk_elems: int = 1 << 22  # bound on B·H·c·F when scoring many candidates (memory, see module docstring)
+    item_ids: bool = True  # learn an id embedding per item on top of the item features (off: features only)
+    explore_noise: float = 0.0  # std of Gaussian noise on the scores when act(explore=True)
+
+
+class DINNet(nn.Module):
+    """The click model. Item feature tables are non-persistent buffers (they come from the simulator)."""
+
+    def __init__(self, user_cards: list[int], n_user_num: int, item_cat: Tensor, item_num: Tensor,
+                 item_cards: list[int], dim: int, att_hidden: list[int], hidden: list[int],
+                 n_behaviours: int = len(BEHAVIOURS), item_ids: bool = True) -> None:
+        super().__init__()
+        if not att_hidden:
+            raise RetentionRLError("din: att_hidden needs at least one layer width")
+        self.register_buffer("item_cat", item_cat.clone(), persistent=False)
+        self.register_buffer("item_num", item_num.clone(), persistent=False)
+        self.dim = dim
+        self.item_id = nn.Embedding(item_cat.shape[0], dim) if item_ids else None
+        if self.item_id is not None:
+            nn.init.normal_(self.item_id.weight, std=0.05)
+        self.item_feat = FeatureEncoder(item_cards, item_num.shape[1], dim)
+        self.profile = FeatureEncoder(user_cards, n_user_num, dim)
+        self.resp = nn.Linear(n_behaviours + 1, dim)
+        self.att1 = nn.Linear(4 * dim, att_hidden[0])  # on [h, t, h - t, h * t], applied factorised
+        self.att_rest = mlp([*att_hidden, 1])
+        self.out = mlp([5 * dim, *hidden, 1])
+
+    def item_table(self) -> Tensor:
+        """(N, D) embeddings of every item (cheap: N rows of a few lookups)."""
+        feats = self.item_feat(self.item_cat, self.item_num)
+        return feats if self.item_id is None else feats + self.item_id.weight
+
+    def user_side(self, obs: Obs, table: Tensor, max_history: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """-> profile (B, D), history tokens (B, H, D), valid-slot mask (B, H) float."""
+        items, resp, pad = obs.hist_items, obs.hist_resp, obs.hist_pad
+        if max_history is not None:
+            items, resp, pad = items[:, -max_history:], resp[:, -max_history:], pad[:, -max_history:]
+        p = self.profile(obs.profile_cat, obs.profile_num)
+        h = table[items] + self.resp(resp)
+        return p, h, (~pad).float()
+
+    def score(self, p: Tensor, h: Tensor, mask: Tensor, t: Tensor) -> Tensor:
+        """Click logits (B, K) of targets t (B, K, D) (may be an expanded shared tensor) for users with profile
+        p (B, D), history h (B, H, D) and mask (B, H)."""
+        B, H, D = h.shape
+        K = t.shape[1]
+        W_h, W_t, W_d, W_p = self.att1.weight.split(D, dim=1)  # each (F, D)
+        F = W_h.shape[0]
+        a = h @ (W_h + W_d).T + self.att1.bias  # (B, H, F)
+        c = t @ (W_t - W_d).T  # (B, K, F)
+        g = (h[:, :, None, :] * W_p).reshape(B, H * F, D)  # (B, H*F, D)
+        # Pre-activations stay in the GEMM's (B, H, F, K) layout: no transposed copy of the largest tensor.
+        z = torch.bmm(g, t.transpose(1, 2)).view(B, H, F, K)
+        if torch.is_grad_enabled():
+            z = torch.relu(z + a[..., None] + c.transpose(1, 2)[:, None])
+        else:  # scoring many candidates: in place, the (B, H, F, K) tensor is the memory and time hot spot
+            z.add_(a[..., None]).add_(c.transpose(1, 2)[:, None]).relu_()
+        if len(self.att_rest) == 1:  # one linear layer to the weight: a batched GEMV over F
+            w = (self.att_rest[0].weight[0] @ z) + self.att_rest[0].bias  # (B, H, K)
+        else:
+            w = self.att_rest(z.transpose(2, 3)).squeeze(-1)
+        w = w * mask[:, :, None]  # (B, H, K)
+        u = torch.einsum("bhk,bhd->bkd", w, h)  # (B, K, D)
+        return self.head(p, u, t)
+
+    def head(self, p: Tensor, u: Tensor, t: Tensor) -> Tensor:
+        """Output MLP on ``[p, u, t, u * t, p * t]`` -> (B, K) logits; p (B, D), u and t (B, K, D). The products
+        follow the DIN reference code (``item_eb * item_his_eb_sum``) and give the user-item cross directly."""
+        pk = p[:, None, :].expand(-1, t.shape[1], -1)
+        return self.out(torch.cat([pk, u, t, u * t, pk * t], dim=2)).squeeze(-1)
+
+    def score_naive(self, p: Tensor, h: Tensor, mask: Tensor, t: Tensor) -> Tensor:
+        """Same as :meth:`score` with the concatenation spelled out, O(B·H·K·4D) memory (tests / reference)."""
+        K = t.shape[1]
+        hh = h[:, :, None, :].expand(-1, -1, K, -1)
+        tt = t[:, None, :, :].expand_as(hh)
+        z = torch.relu(self.att1(torch.cat([hh, tt, hh - tt, hh * tt], dim=-1)))
+        w = self.att_rest(z).squeeze(-1) * mask[:, :, None]
+        return self.head(p, torch.einsum("bhk,bhd->bkd", w, h), t)
+
+
+class DIN(Agent):
+    """DIN as a greedy item-level policy; ``update`` = :meth:`fit_batch` (supervised, offline)."""
+
+    action_mode = "items"
+    learns = True
+
+    def __init__(self, sim, cfg: DINConfig, seed: int = 0) -> None:
+        if cfg.target not in BEHAVIOURS:
+            raise RetentionRLError(f"din: target '{cfg.target}' is not a behaviour ({', '.join(BEHAVIOURS)})")
+        torch.manual_seed(seed)
+        self.cfg, self.batch_size = cfg, cfg.batch_size
+        resp = sim.response
+        self.net = DINNet(list(sim.meta["user_cardinalities"]), int(resp.user_num.shape[1]), resp.item_cat,
+                          resp.item_num, list(sim.meta["item_cardinalities"]), cfg.dim, cfg.att_hidden, cfg.hidden,
+                          item_ids=cfg.item_ids)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.target = BEHAVIOURS.index(cfg.target)
+        self.gen = torch.Generator().manual_seed(seed + 1)
+        self.n_updates = 0
+
+    def predict(self, obs: Obs, items: Tensor) -> Tensor:
+        """Click logits (B, K) of per-row target items (B, K) (long ids). Differentiable."""
+        table = self.net.item_table()
+        p, h, mask = self.net.user_side(obs, table, self.cfg.max_history)
+        return self.net.score(p, h, mask, table[items])
+
+    @torch.no_grad()
+    def act(self, obs: Obs, explore: bool = False) -> Tensor:
+        """(B, C) click logits of every candidate in ``obs.candidates``, scored ``c`` candidates at a time."""
+        self.net.eval()
+        table = self.net.item_table()
+        p, h, mask = self.net.user_side(obs, table, self.cfg.max_history)
+        B, H, _ = h.shape
+        F = self.net.att1.out_features
+        cand = table[obs.candidates]  # (C, D)
+        step = max(1, self.cfg.chunk_elems // max(1, B * H * F))
+        scores = torch.cat([self.net.score(p, h, mask, cand[s : s + step].expand(B, -1, -1))
+                            for s in range(0, cand.shape[0], step)], dim=1)
+        if explore and self.cfg.explore_noise > 0:
+            scores = scores + self.cfg.explore_noise * torch.randn(scores.shape, generator=self.gen)
+        return scores
+
+    def fit_batch(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        """One BCE step on the logged exposures: ``slate`` (M, K) long, ``responses`` (M, K, 7) and the obs fields
+        (the state the request was made in)."""
+        from retentionrl.training.buffer import obs_from_batch
+
+        if "slate" not in batch or "responses" not in batch:
+            raise RetentionRLError("din learns from logged slates: the batch needs 'slate' and 'responses' "
+                                   "(use retentionrl.training.offline logs)")
+        self.net.train()
+        logits = self.predict(obs_from_batch(batch), batch["slate"])
+        y = batch["responses"][..., self.target].float()
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.n_updates += 1
+        return {"bce": float(loss.detach())}
+
+    def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        return self.fit_batch(batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "gen": self.gen.get_state(),
+                "n_updates": self.n_updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])
+        self.gen.set_state(state["gen"])
+        self.n_updates = int(state["n_updates"])
+
+
+def build(sim, cfg: dict[str, Any], seed: int) -> DIN:
+    """Registry entry: ``cfg`` holds :class:`DINConfig` fields (unknown keys are errors)."""
+    from retentionrl.config import from_dict
+
+    return DIN(sim, from_dict(DINConfig, cfg, "agent"), seed=seed)
