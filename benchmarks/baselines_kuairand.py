@@ -18,7 +18,7 @@ from retentionrl.bench.grid import cells, run_grid
 from retentionrl.bench.report import write_comparison
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ["td3-kuaisim", "sac-kuaisim", "ddpg-kuaisim", "cem-kuaisim", "ranking-kuaisim", "random-kuaisim"]
+METHODS = ["td3-kuaisim", "sac-kuaisim", "ddpg-kuaisim", "cem-kuaisim", "din-kuaisim", "ranking-kuaisim", "random-kuaisim"]
 
 
 def main() -> None:
