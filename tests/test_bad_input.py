@@ -87,7 +87,7 @@ def test_corrupt_gzip(capsys, tiny_kuairand):
 
 
 def test_log_user_without_features(capsys, tiny_kuairand):
-    path = _corrupt(tiny_kuairand, "user_id", 1, "99999999")
+    _corrupt(tiny_kuairand, "user_id", 1, "99999999")
     msg = _run(capsys, "--data-dir", str(tiny_kuairand))
     assert "user_features_pure.csv.gz" in msg and "user_id 99999999 appears in" in msg
 

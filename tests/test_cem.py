@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import retentionrl.agents
 from retentionrl.agents import cem
 from retentionrl.agents.cem import CEM, CEMConfig
 from retentionrl.errors import RetentionRLError

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-import retentionrl.agents
 from retentionrl.agents import ddpg, sac
 from retentionrl.training.buffer import ReplayBuffer
 

@@ -22,7 +22,7 @@ from retentionrl.data.schema import BEHAVIOURS
 from retentionrl.errors import RetentionRLError
 from retentionrl.simulator.leave import TemperLeave, leave_features
 from retentionrl.simulator.response import ResponseModel
-from retentionrl.simulator.returns import GeometricReturn, session_features
+from retentionrl.simulator.returns import session_features
 
 if TYPE_CHECKING:
     from retentionrl.simulator.bundle import Simulator

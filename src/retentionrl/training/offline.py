@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import yaml
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -34,7 +33,7 @@ from retentionrl.simulator.env import EnvConfig
 from retentionrl.training.buffer import ReplayBuffer
 from retentionrl.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from retentionrl.training.online import RunDir
-from retentionrl.utils.io import write_json_atomic, write_text_atomic
+from retentionrl.utils.io import write_json_atomic
 
 if TYPE_CHECKING:
     from retentionrl.agents.base import Agent
@@ -165,19 +164,7 @@ def train_offline(cfg: OfflineTrainConfig, sim: "Simulator", run_dir: str | Path
     from retentionrl.agents import make_agent
     from retentionrl.evaluation.protocol import EvalConfig, evaluate_policy
 
-    run = RunDir(run_dir)
-    cfg_dict = to_dict(cfg)
-    if resume:
-        run.check_is_run()
-        saved = yaml.safe_load(run.config.read_text())
-        if saved != cfg_dict:
-            diff = sorted(k for k in set(saved) | set(cfg_dict) if saved.get(k) != cfg_dict.get(k))
-            raise RetentionRLError(f"{run.path}: resuming with a different config (differs in: {', '.join(diff)})")
-    else:
-        if run.config.exists():
-            raise RetentionRLError(f"{run.path}: already holds a run (use --resume to continue it)")
-        run.path.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run.config, yaml.safe_dump(cfg_dict, sort_keys=False))
+    run = RunDir.open(run_dir, to_dict(cfg), resume)
 
     # Logs first (own seeded streams), then the agent from a freshly seeded global RNG: the agent's
     # initialisation does not depend on how many random numbers logging drew.

@@ -52,6 +52,23 @@ class RunDir:
         self.checkpoint = self.path / "checkpoints" / "last.pt"
         self.summary = self.path / "summary.json"
 
+    @classmethod
+    def open(cls, path: str | Path, cfg_dict: dict[str, Any], resume: bool) -> "RunDir":
+        """A new run writes its config; a resumed one must have been started with the same config."""
+        run = cls(path)
+        if resume:
+            run.check_is_run()
+            saved = yaml.safe_load(run.config.read_text())
+            if saved != cfg_dict:
+                diff = sorted(k for k in set(saved) | set(cfg_dict) if saved.get(k) != cfg_dict.get(k))
+                raise RetentionRLError(f"{run.path}: resuming with a different config (differs in: {', '.join(diff)})")
+        else:
+            if run.config.exists():
+                raise RetentionRLError(f"{run.path}: already holds a run (use --resume to continue it)")
+            run.path.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(run.config, yaml.safe_dump(cfg_dict, sort_keys=False))
+        return run
+
     def check_is_run(self) -> None:
         if not self.config.is_file():
             raise RetentionRLError(f"{self.path}: not a run directory (no config.yaml)")
@@ -75,19 +92,7 @@ def train(cfg: TrainConfig, sim, run_dir: str | Path, resume: bool = False, prog
     from retentionrl.agents import make_agent
     from retentionrl.evaluation.protocol import EvalConfig, evaluate_policy
 
-    run = RunDir(run_dir)
-    cfg_dict = to_dict(cfg)
-    if resume:
-        run.check_is_run()
-        saved = yaml.safe_load(run.config.read_text())
-        if saved != cfg_dict:
-            diff = sorted(k for k in set(saved) | set(cfg_dict) if saved.get(k) != cfg_dict.get(k))
-            raise RetentionRLError(f"{run.path}: resuming with a different config (differs in: {', '.join(diff)})")
-    else:
-        if run.config.exists():
-            raise RetentionRLError(f"{run.path}: already holds a run (use --resume to continue it)")
-        run.path.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run.config, yaml.safe_dump(cfg_dict, sort_keys=False))
+    run = RunDir.open(run_dir, to_dict(cfg), resume)
 
     torch.manual_seed(cfg.seed)
     env = sim.make_env(cfg.preset, n_users=cfg.n_users, users="train", **cfg.env)
