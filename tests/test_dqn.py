@@ -8,7 +8,6 @@ import io
 import pytest
 import torch
 
-import retentionrl.agents
 from retentionrl.agents.base import RandomAgent
 from retentionrl.agents.dqn import DQN, build
 from retentionrl.data.schema import BEHAVIOURS
@@ -134,7 +133,6 @@ def _eval_reward(sim: Simulator, metrics: dict) -> float:
 
 
 def test_dqn_learns_the_best_items_of_the_synthetic_simulator(sim, tmp_path, monkeypatch):
-    monkeypatch.setitem(retentionrl.agents.AGENTS, "dqn", "retentionrl.agents.dqn:build")
     ev = {"n_users": 64, "n_episodes": 64, "seeds": [101, 102], "env_overrides": {"max_sessions": 2}}
     random_reward = _eval_reward(sim, evaluate_policy(RandomAgent(action_mode="items"), sim, EvalConfig(**ev))["mean"])
     best = float(torch.topk(item_rewards(sim), 6).values.mean())

@@ -93,7 +93,7 @@ def test_every_shipped_train_config_builds_its_agent(tiny_sim):
     from retentionrl.training import trainer_for
 
     configs = sorted((Path(__file__).resolve().parents[1] / "configs" / "train").glob("*.yaml"))
-    assert len(configs) >= 7
+    assert len(configs) >= 8
     for path in configs:
         raw = load_yaml(path)
         cfg = from_dict(trainer_for(raw["algo"])[0], raw, str(path))

@@ -20,6 +20,7 @@ AGENTS: dict[str, str] = {
     "cem": "retentionrl.agents.cem:build",
     "din": "retentionrl.agents.din:build",
     "bc": "retentionrl.agents.bc:build",
+    "dqn": "retentionrl.agents.dqn:build",
     "ranking": "retentionrl.agents.base:build_ranking",
     "random": "retentionrl.agents.base:build_random",
 }

@@ -95,19 +95,23 @@ def train(cfg: TrainConfig, sim, run_dir: str | Path, resume: bool = False, prog
     run = RunDir.open(run_dir, to_dict(cfg), resume)
 
     torch.manual_seed(cfg.seed)
-    env = sim.make_env(cfg.preset, n_users=cfg.n_users, users="train", **cfg.env)
     agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed)
-    eval_cfg = from_dict(EvalConfig, {"preset": cfg.preset, "env_overrides": dict(cfg.env), **cfg.eval}, "eval")
+    # The agent decides the action mode; evaluation sets it the same way, so it is not an env override there.
+    env_over = {k: v for k, v in cfg.env.items() if k != "action_mode"}
+    env = sim.make_env(cfg.preset, n_users=cfg.n_users, users="train", action_mode=agent.action_mode, **env_over)
+    eval_cfg = from_dict(EvalConfig, {"preset": cfg.preset, "env_overrides": env_over, **cfg.eval}, "eval")
     obs = env.reset(seed=cfg.seed)
     action_shape = (7,) if env.cfg.action_mode == "fusion" else (len(obs.candidates),)
-    buffer = ReplayBuffer(cfg.buffer_size, obs, action_shape, seed=cfg.seed)
+    # Only agents that learn from replay batches get the loop's buffer (on-policy / own-buffer agents do not).
+    buffer = ReplayBuffer(cfg.buffer_size, obs, action_shape, seed=cfg.seed) if agent.learns else None
     explore_gen = torch.Generator().manual_seed(cfg.seed + 7)
     start, elapsed = 0, 0.0
     window: dict[str, float] = {"reward": 0.0, "retention_reward": 0.0, "sessions": 0.0, "return_days": 0.0}
     if resume and run.checkpoint.is_file():
         ck = load_checkpoint(run.checkpoint)
         agent.load_state_dict(ck["agent"])
-        buffer.load_state_dict(ck["buffer"])
+        if buffer is not None:
+            buffer.load_state_dict(ck["buffer"])
         env.load_state_dict(ck["env"])
         explore_gen.set_state(ck["explore_gen"])
         set_rng_state(ck["rng"])
@@ -129,7 +133,8 @@ def train(cfg: TrainConfig, sim, run_dir: str | Path, resume: bool = False, prog
         else:
             action = agent.act(obs, explore=True)
         out = env.step(action)
-        buffer.add(obs, action, out)
+        if buffer is not None:
+            buffer.add(obs, action, out)
         observed = agent.observe(obs, action, out)
         obs = out.obs
         window["reward"] += float(out.reward.mean())
@@ -156,7 +161,7 @@ def train(cfg: TrainConfig, sim, run_dir: str | Path, resume: bool = False, prog
         stopping = stop_after is not None and done >= stop_after and done < cfg.total_steps
         if done % cfg.checkpoint_every == 0 or done == cfg.total_steps or stopping:
             save_checkpoint(run.checkpoint, {
-                "step": done, "elapsed": time.time() - t0, "agent": agent.state_dict(), "buffer": buffer.state_dict(),
+                "step": done, "elapsed": time.time() - t0, "agent": agent.state_dict(), "buffer": buffer.state_dict() if buffer is not None else {},
                 "env": env.state_dict(), "explore_gen": explore_gen.get_state(), "rng": rng_state(),
                 "window": dict(window),
             })
