@@ -36,3 +36,22 @@ def test_demo_runs_on_an_existing_bundle(tiny_sim, tmp_path):
     assert (bundle / "report" / "calibration.md").is_file()
     assert "| td3 " in out.stdout and "| ranking" in out.stdout and "return time" in out.stdout
     assert (tmp_path / "runs" / "compare" / "comparison.csv").is_file()
+
+
+def test_train_cli_bad_input_is_one_line_and_writes_nothing(tiny_sim, tmp_path, capsys):
+    from retentionrl.cli import main
+
+    bundle = str(tiny_sim.save(tmp_path / "bundle"))
+    run = tmp_path / "run"
+    assert main(["train", "--algo", "td4", "--simulator", bundle, "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown algorithm 'td4'" in err[0]
+    assert not run.exists()  # nothing half-written
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("algo: td3\ntotal_step: 5\n")
+    assert main(["train", "--config", str(cfg), "--simulator", bundle, "--out", str(run)]) == 2
+    assert "unknown key 'total_step'" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path), "--algo", "td3", "--simulator", bundle]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path), "--simulator", bundle]) == 2
+    assert "not a run directory" in capsys.readouterr().err

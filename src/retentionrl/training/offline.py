@@ -164,18 +164,19 @@ def train_offline(cfg: OfflineTrainConfig, sim: "Simulator", run_dir: str | Path
     from retentionrl.agents import make_agent
     from retentionrl.evaluation.protocol import EvalConfig, evaluate_policy
 
-    run = RunDir.open(run_dir, to_dict(cfg), resume)
 
-    # Logs first (own seeded streams), then the agent from a freshly seeded global RNG: the agent's
-    # initialisation does not depend on how many random numbers logging drew.
-    behaviour = make_agent(cfg.behaviour, sim, cfg.behaviour_agent, seed=cfg.seed + 1)
-    logs = generate_logs(sim, behaviour, cfg.preset, cfg.n_log_users, cfg.log_steps, seed=cfg.seed, env=cfg.env,
-                         explore=cfg.behaviour_explore)
+    # The agent from a freshly seeded global RNG; logging draws from its own streams (fork_rng), so neither
+    # depends on the other. Everything is validated before the run directory is written.
     torch.manual_seed(cfg.seed)
     agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed)
     if not agent.learns:
         raise RetentionRLError(f"algorithm '{cfg.algo}' does not learn from data (nothing to train offline)")
+    behaviour = make_agent(cfg.behaviour, sim, cfg.behaviour_agent, seed=cfg.seed + 1)
     eval_cfg = from_dict(EvalConfig, {"preset": cfg.preset, "env_overrides": dict(cfg.env), **cfg.eval}, "eval")
+    eval_cfg.validate()
+    run = RunDir.open(run_dir, to_dict(cfg), resume)
+    logs = generate_logs(sim, behaviour, cfg.preset, cfg.n_log_users, cfg.log_steps, seed=cfg.seed, env=cfg.env,
+                         explore=cfg.behaviour_explore)
     batch_size = cfg.batch_size or agent.batch_size or 256
     n_rows = len(logs["reward"])
     sampler = EpochSampler(n_rows, batch_size, seed=cfg.seed + 3)

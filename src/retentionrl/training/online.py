@@ -92,14 +92,15 @@ def train(cfg: TrainConfig, sim, run_dir: str | Path, resume: bool = False, prog
     from retentionrl.agents import make_agent
     from retentionrl.evaluation.protocol import EvalConfig, evaluate_policy
 
-    run = RunDir.open(run_dir, to_dict(cfg), resume)
-
     torch.manual_seed(cfg.seed)
     agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed)
     # The agent decides the action mode; evaluation sets it the same way, so it is not an env override there.
     env_over = {k: v for k, v in cfg.env.items() if k != "action_mode"}
     env = sim.make_env(cfg.preset, n_users=cfg.n_users, users="train", action_mode=agent.action_mode, **env_over)
     eval_cfg = from_dict(EvalConfig, {"preset": cfg.preset, "env_overrides": env_over, **cfg.eval}, "eval")
+    eval_cfg.validate()
+    # Only now, with the config known to be good, does anything get written (a bad config leaves no run dir).
+    run = RunDir.open(run_dir, to_dict(cfg), resume)
     obs = env.reset(seed=cfg.seed)
     action_shape = (7,) if env.cfg.action_mode == "fusion" else (len(obs.candidates),)
     # Only agents that learn from replay batches get the loop's buffer (on-policy / own-buffer agents do not).
