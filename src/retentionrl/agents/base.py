@@ -46,6 +46,25 @@ class Agent(ABC):
         return None
 
 
+class TorchAgent(Agent):
+    """An agent whose state is the modules and optimisers named in ``_STATE``, a generator ``gen`` and an update
+    counter ``n_updates`` — enough for an exact resume."""
+
+    _STATE: tuple[str, ...] = ()
+    gen: torch.Generator
+    n_updates: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**{k: getattr(self, k).state_dict() for k in self._STATE}, "gen": self.gen.get_state(),
+                "n_updates": self.n_updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k in self._STATE:
+            getattr(self, k).load_state_dict(state[k])
+        self.gen.set_state(state["gen"])
+        self.n_updates = int(state["n_updates"])
+
+
 class FixedWeightsAgent(Agent):
     """Constant fusion weights. ``RankingModel``: rank by the predicted click probability, ``[1, 0, ..., 0]``."""
 

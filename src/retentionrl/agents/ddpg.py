@@ -16,34 +16,25 @@ generator (so a resumed run draws the same noise). Reward and terminal handling 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from retentionrl.agents.base import Agent
-from retentionrl.nets.actor_critic import AgentSpec, Critic, DeterministicActor, done_mask, mixed_reward, soft_update
+from retentionrl.agents.base import Agent, TorchAgent
+from retentionrl.nets.actor_critic import (
+    ActorCriticConfig, AgentSpec, Critic, DeterministicActor, done_mask, mixed_reward, noisy_action, soft_update,
+)
 from retentionrl.simulator.env import Obs
 
 
 @dataclass
-class DDPGConfig:
-    gamma: float = 0.9
-    tau: float = 0.005
-    actor_lr: float = 1e-4
-    critic_lr: float = 1e-3
-    batch_size: int = 128
+class DDPGConfig(ActorCriticConfig):
     exploration_noise: float = 0.1
-    hidden: list[int] = field(default_factory=lambda: [128, 32])
-    state_dim: int = 64
-    token_dim: int = 32
-    retention_weight: float = 1.0
-    immediate_weight: float = 0.0
-    terminal: Literal["none", "session", "episode"] = "none"
 
 
-class DDPG(Agent):
+class DDPG(TorchAgent):
     action_mode = "fusion"
     learns = True
     _STATE = ("actor", "q", "actor_t", "q_t", "actor_opt", "critic_opt")
@@ -62,10 +53,7 @@ class DDPG(Agent):
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool = False) -> Tensor:
         """(B, 7) fusion weights in [-1, 1]; ``explore`` adds Gaussian noise from ``self.gen``."""
-        a = self.actor(obs)
-        if explore:
-            a = a + self.cfg.exploration_noise * torch.randn(a.shape, generator=self.gen)
-        return a.clamp(-1.0, 1.0)
+        return noisy_action(self.actor, obs, self.cfg.exploration_noise, self.gen if explore else None)
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
         from retentionrl.training.buffer import obs_from_batch
@@ -91,16 +79,6 @@ class DDPG(Agent):
         self.n_updates += 1
         return {"critic_loss": float(critic_loss.detach()), "actor_loss": float(actor_loss.detach()),
                 "q": float(q.detach().mean())}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**{k: getattr(self, k).state_dict() for k in self._STATE}, "gen": self.gen.get_state(),
-                "n_updates": self.n_updates}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k in self._STATE:
-            getattr(self, k).load_state_dict(state[k])
-        self.gen.set_state(state["gen"])
-        self.n_updates = int(state["n_updates"])
 
 
 def build(sim, cfg: dict[str, Any], seed: int) -> Agent:

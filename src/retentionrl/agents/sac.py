@@ -21,41 +21,32 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from retentionrl.agents.base import Agent
+from retentionrl.agents.base import Agent, TorchAgent
 from retentionrl.errors import RetentionRLError
-from retentionrl.nets.actor_critic import AgentSpec, Critic, GaussianActor, done_mask, mixed_reward, soft_update
+from retentionrl.nets.actor_critic import (
+    ActorCriticConfig, AgentSpec, Critic, GaussianActor, done_mask, mixed_reward, soft_update,
+)
 from retentionrl.simulator.env import Obs
 
 
 @dataclass
-class SACConfig:
-    gamma: float = 0.9
-    tau: float = 0.005
-    actor_lr: float = 1e-4
-    critic_lr: float = 1e-3
+class SACConfig(ActorCriticConfig):
     alpha_lr: float = 1e-3
-    batch_size: int = 128
     alpha: float = 0.2  # initial temperature (the fixed one when autotune is off)
     autotune: bool = True
     target_entropy: float = -7.0  # -dim(action)
-    hidden: list[int] = field(default_factory=lambda: [128, 32])
-    state_dim: int = 64
-    token_dim: int = 32
-    retention_weight: float = 1.0
-    immediate_weight: float = 0.0
-    terminal: Literal["none", "session", "episode"] = "none"
 
 
-class SAC(Agent):
+class SAC(TorchAgent):
     action_mode = "fusion"
     learns = True
-    _NETS = ("actor", "q1", "q2", "q1_t", "q2_t", "actor_opt", "critic_opt")
+    _STATE = ("actor", "q1", "q2", "q1_t", "q2_t", "actor_opt", "critic_opt")
 
     def __init__(self, spec: AgentSpec, cfg: SACConfig, seed: int = 0) -> None:
         if cfg.alpha <= 0:
@@ -122,21 +113,17 @@ class SAC(Agent):
         return info
 
     def state_dict(self) -> dict[str, Any]:
-        state = {k: getattr(self, k).state_dict() for k in self._NETS}
+        state = {**super().state_dict(), "log_alpha": self.log_alpha.detach().clone()}
         if self.alpha_opt is not None:
             state["alpha_opt"] = self.alpha_opt.state_dict()
-        return {**state, "log_alpha": self.log_alpha.detach().clone(), "gen": self.gen.get_state(),
-                "n_updates": self.n_updates}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k in self._NETS:
-            getattr(self, k).load_state_dict(state[k])
+        super().load_state_dict(state)
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
         if self.alpha_opt is not None:
             self.alpha_opt.load_state_dict(state["alpha_opt"])
-        self.gen.set_state(state["gen"])
-        self.n_updates = int(state["n_updates"])
 
 
 def build(sim, cfg: dict[str, Any], seed: int) -> Agent:

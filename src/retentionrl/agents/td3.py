@@ -9,39 +9,31 @@ time limit), ``terminal: session`` reproduces KuaiSim's cut at every session end
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from retentionrl.agents.base import Agent
-from retentionrl.nets.actor_critic import AgentSpec, Critic, DeterministicActor, done_mask, mixed_reward, soft_update
+from retentionrl.agents.base import TorchAgent
+from retentionrl.nets.actor_critic import (
+    ActorCriticConfig, AgentSpec, Critic, DeterministicActor, done_mask, mixed_reward, noisy_action, soft_update,
+)
 from retentionrl.simulator.env import Obs
 
 
 @dataclass
-class TD3Config:
-    gamma: float = 0.9
-    tau: float = 0.005
-    actor_lr: float = 1e-4
-    critic_lr: float = 1e-3
-    batch_size: int = 128
+class TD3Config(ActorCriticConfig):
     exploration_noise: float = 0.1
     policy_noise: float = 0.2
     noise_clip: float = 0.5
     policy_delay: int = 2
-    hidden: list[int] = field(default_factory=lambda: [128, 32])
-    state_dim: int = 64
-    token_dim: int = 32
-    retention_weight: float = 1.0
-    immediate_weight: float = 0.0
-    terminal: Literal["none", "session", "episode"] = "none"
 
 
-class TD3(Agent):
+class TD3(TorchAgent):
     action_mode = "fusion"
     learns = True
+    _STATE = ("actor", "q1", "q2", "actor_t", "q1_t", "q2_t", "actor_opt", "critic_opt")
 
     def __init__(self, spec: AgentSpec, cfg: TD3Config, seed: int = 0) -> None:
         torch.manual_seed(seed)
@@ -56,10 +48,7 @@ class TD3(Agent):
 
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool = False) -> Tensor:
-        a = self.actor(obs)
-        if explore:
-            a = a + self.cfg.exploration_noise * torch.randn(a.shape, generator=self.gen)
-        return a.clamp(-1.0, 1.0)
+        return noisy_action(self.actor, obs, self.cfg.exploration_noise, self.gen if explore else None)
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
         from retentionrl.training.buffer import obs_from_batch
@@ -89,17 +78,6 @@ class TD3(Agent):
                 soft_update(net, tgt, cfg.tau)
             info["actor_loss"] = float(actor_loss.detach())
         return info
-
-    def state_dict(self) -> dict[str, Any]:
-        nets = {k: getattr(self, k).state_dict() for k in ("actor", "q1", "q2", "actor_t", "q1_t", "q2_t",
-                                                           "actor_opt", "critic_opt")}
-        return {**nets, "gen": self.gen.get_state(), "n_updates": self.n_updates}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k in ("actor", "q1", "q2", "actor_t", "q1_t", "q2_t", "actor_opt", "critic_opt"):
-            getattr(self, k).load_state_dict(state[k])
-        self.gen.set_state(state["gen"])
-        self.n_updates = int(state["n_updates"])
 
 
 def build(sim, cfg: dict[str, Any], seed: int) -> TD3:

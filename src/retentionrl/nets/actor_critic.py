@@ -4,7 +4,8 @@ them). Each network owns its :class:`~retentionrl.nets.state.StateEncoder` (Clea
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +29,31 @@ class AgentSpec:
     def from_simulator(cls, sim) -> "AgentSpec":
         return cls(list(sim.meta["user_cardinalities"]), int(sim.response.user_num.shape[1]), sim.n_items,
                    int(sim.response.cfg.window))
+
+
+@dataclass
+class ActorCriticConfig:
+    """Hyper-parameters every actor-critic method shares (defaults: KuaiSim's cross-session TD3 script)."""
+
+    gamma: float = 0.9
+    tau: float = 0.005
+    actor_lr: float = 1e-4
+    critic_lr: float = 1e-3
+    batch_size: int = 128
+    hidden: list[int] = field(default_factory=lambda: [128, 32])
+    state_dim: int = 64
+    token_dim: int = 32
+    retention_weight: float = 1.0
+    immediate_weight: float = 0.0
+    terminal: Literal["none", "session", "episode"] = "none"
+
+
+def noisy_action(actor: nn.Module, obs: Obs, noise: float, generator: torch.Generator | None) -> Tensor:
+    """(B, 7) deterministic action, plus Gaussian exploration noise when ``generator`` is given, in [-1, 1]."""
+    a = actor(obs)
+    if generator is not None:
+        a = a + noise * torch.randn(a.shape, generator=generator)
+    return a.clamp(-1.0, 1.0)
 
 
 def mixed_reward(batch: dict[str, Tensor], retention_weight: float, immediate_weight: float) -> Tensor:
