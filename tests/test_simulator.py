@@ -143,6 +143,8 @@ def test_bad_actions_are_clear_errors(tiny_sim):
     bad[2, 5] = float("nan")
     with pytest.raises(ActionError, match="NaN or infinite value at row 2, column 5"):
         env.step(bad)
+    with pytest.raises(ActionError, match="must be a numeric"):
+        env.step([["a"] * 7] * 4)
 
 
 def test_satisfaction_leave_keeps_satisfied_users_longer(tiny_sim):

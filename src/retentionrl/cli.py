@@ -132,7 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from retentionrl.agents import make_agent
     from retentionrl.config import from_dict
-    from retentionrl.evaluation.protocol import EvalConfig, evaluate_policy
+    from retentionrl.evaluation.protocol import evaluate_policy
     from retentionrl.simulator.bundle import Simulator
     from retentionrl.training import trainer_for
     from retentionrl.training.checkpoint import load_checkpoint
@@ -146,8 +146,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed)
     if run.checkpoint.is_file():
         agent.load_state_dict(load_checkpoint(run.checkpoint)["agent"])
-    ecfg = from_dict(EvalConfig, {"preset": cfg.preset, "env_overrides": dict(cfg.env), **cfg.eval}, "eval")
-    res = evaluate_policy(agent, sim, ecfg)
+    res = evaluate_policy(agent, sim, cfg.eval_config())
     print(json.dumps(res["mean"], indent=2))
     return 0
 

@@ -24,7 +24,8 @@ from torch import Tensor
 
 from retentionrl.agents.base import Agent, TorchAgent
 from retentionrl.nets.actor_critic import (
-    ActorCriticConfig, AgentSpec, Critic, DeterministicActor, done_mask, mixed_reward, noisy_action, soft_update,
+    ActorCriticConfig, AgentSpec, Critic, DeterministicActor, critic_step, done_mask, gradient_step, mixed_reward,
+    noisy_action, soft_update,
 )
 from retentionrl.simulator.env import Obs
 
@@ -64,21 +65,12 @@ class DDPG(TorchAgent):
         done = done_mask(batch, cfg.terminal)  # (N,)
         with torch.no_grad():
             target = r + cfg.gamma * (1 - done) * self.q_t(nxt, self.actor_t(nxt))  # (N,)
-        q = self.q(obs, batch["action"])  # (N,)
-        critic_loss = ((q - target) ** 2).mean()
-        self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_opt.step()
-
-        actor_loss = -self.q(obs, self.actor(obs)).mean()
-        self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor_opt.step()
+        critic_loss, q = critic_step([self.q], self.critic_opt, obs, batch["action"], target)
+        actor_loss = gradient_step(self.actor_opt, -self.q(obs, self.actor(obs)).mean())
         for net, tgt in ((self.actor, self.actor_t), (self.q, self.q_t)):
             soft_update(net, tgt, cfg.tau)
         self.n_updates += 1
-        return {"critic_loss": float(critic_loss.detach()), "actor_loss": float(actor_loss.detach()),
-                "q": float(q.detach().mean())}
+        return {"critic_loss": critic_loss, "actor_loss": actor_loss, "q": float(q.mean())}
 
 
 def build(sim, cfg: dict[str, Any], seed: int) -> Agent:

@@ -30,7 +30,8 @@ from torch import Tensor
 from retentionrl.agents.base import Agent, TorchAgent
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.actor_critic import (
-    ActorCriticConfig, AgentSpec, Critic, GaussianActor, done_mask, mixed_reward, soft_update,
+    ActorCriticConfig, AgentSpec, Critic, GaussianActor, critic_step, done_mask, gradient_step, mixed_reward,
+    soft_update,
 )
 from retentionrl.simulator.env import Obs
 
@@ -86,26 +87,15 @@ class SAC(TorchAgent):
             a2, logp2 = self.actor.sample(nxt, self.gen)  # (N, 7), (N,)
             v2 = torch.min(self.q1_t(nxt, a2), self.q2_t(nxt, a2)) - alpha * logp2
             target = r + cfg.gamma * (1 - done) * v2  # (N,)
-        a = batch["action"]
-        q1, q2 = self.q1(obs, a), self.q2(obs, a)
-        critic_loss = ((q1 - target) ** 2).mean() + ((q2 - target) ** 2).mean()
-        self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_opt.step()
+        critic_loss, q1 = critic_step([self.q1, self.q2], self.critic_opt, obs, batch["action"], target)
 
         pi, logp = self.actor.sample(obs, self.gen)
-        actor_loss = (alpha * logp - torch.min(self.q1(obs, pi), self.q2(obs, pi))).mean()
-        self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor_opt.step()
-        info = {"critic_loss": float(critic_loss.detach()), "actor_loss": float(actor_loss.detach()),
-                "q": float(q1.detach().mean()), "entropy": float(-logp.detach().mean())}
+        actor_loss = gradient_step(self.actor_opt, (alpha * logp - torch.min(self.q1(obs, pi), self.q2(obs, pi))).mean())
+        info = {"critic_loss": critic_loss, "actor_loss": actor_loss, "q": float(q1.mean()),
+                "entropy": float(-logp.detach().mean())}
         if self.alpha_opt is not None:
             alpha_loss = -(self.log_alpha * (logp.detach() + cfg.target_entropy)).mean()
-            self.alpha_opt.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            self.alpha_opt.step()
-            info["alpha_loss"] = float(alpha_loss.detach())
+            info["alpha_loss"] = gradient_step(self.alpha_opt, alpha_loss)
         info["alpha"] = self.alpha
         for net, tgt in ((self.q1, self.q1_t), (self.q2, self.q2_t)):
             soft_update(net, tgt, cfg.tau)

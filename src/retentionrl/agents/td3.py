@@ -17,7 +17,8 @@ from torch import Tensor
 
 from retentionrl.agents.base import TorchAgent
 from retentionrl.nets.actor_critic import (
-    ActorCriticConfig, AgentSpec, Critic, DeterministicActor, done_mask, mixed_reward, noisy_action, soft_update,
+    ActorCriticConfig, AgentSpec, Critic, DeterministicActor, critic_step, done_mask, gradient_step, mixed_reward,
+    noisy_action, soft_update,
 )
 from retentionrl.simulator.env import Obs
 
@@ -61,22 +62,13 @@ class TD3(TorchAgent):
             noise = (torch.randn(batch["action"].shape, generator=self.gen) * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
             a2 = (self.actor_t(nxt) + noise).clamp(-1.0, 1.0)
             target = r + cfg.gamma * (1 - done) * torch.min(self.q1_t(nxt, a2), self.q2_t(nxt, a2))
-        a = batch["action"]
-        q1, q2 = self.q1(obs, a), self.q2(obs, a)
-        critic_loss = ((q1 - target) ** 2).mean() + ((q2 - target) ** 2).mean()
-        self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_opt.step()
+        critic_loss, q1 = critic_step([self.q1, self.q2], self.critic_opt, obs, batch["action"], target)
         self.n_updates += 1
-        info = {"critic_loss": float(critic_loss.detach()), "q": float(q1.detach().mean())}
+        info = {"critic_loss": critic_loss, "q": float(q1.mean())}
         if self.n_updates % cfg.policy_delay == 0:
-            actor_loss = -self.q1(obs, self.actor(obs)).mean()
-            self.actor_opt.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            self.actor_opt.step()
+            info["actor_loss"] = gradient_step(self.actor_opt, -self.q1(obs, self.actor(obs)).mean())
             for net, tgt in ((self.actor, self.actor_t), (self.q1, self.q1_t), (self.q2, self.q2_t)):
                 soft_update(net, tgt, cfg.tau)
-            info["actor_loss"] = float(actor_loss.detach())
         return info
 
 

@@ -127,6 +127,23 @@ class Critic(nn.Module):
         return self.net(torch.cat([self.enc(obs), action], dim=1)).squeeze(1)
 
 
+def gradient_step(opt: torch.optim.Optimizer, loss: Tensor) -> float:
+    """One optimiser step on ``loss``; returns its value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+def critic_step(critics: list[Critic], opt: torch.optim.Optimizer, obs: Obs, action: Tensor, target: Tensor
+                ) -> tuple[float, Tensor]:
+    """Regress every critic on the same TD target: loss Σ_i mean((Q_i(s, a) - y)^2), action (N, 7), target (N,).
+    Returns the loss and Q_1(s, a) (N,) for diagnostics."""
+    qs = [c(obs, action) for c in critics]
+    loss = sum(((q - target) ** 2).mean() for q in qs)
+    return gradient_step(opt, loss), qs[0].detach()
+
+
 def soft_update(net: nn.Module, target: nn.Module, tau: float) -> None:
     with torch.no_grad():
         for p, pt in zip(net.parameters(), target.parameters()):

@@ -294,7 +294,10 @@ class RetentionEnv:
         return score.squeeze(1)
 
     def _check_action(self, action: Tensor) -> Tensor:
-        action = torch.as_tensor(action, dtype=torch.float32)
+        try:
+            action = torch.as_tensor(action, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ActionError(f"action must be a numeric tensor or array: {exc}") from None
         width = NB if self.cfg.action_mode == "fusion" else len(self._obs.candidates)
         what = "fusion weights (one per behaviour)" if self.cfg.action_mode == "fusion" else "candidate scores"
         if action.shape != (self.B, width):

@@ -27,12 +27,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from retentionrl.config import from_dict, to_dict
+from retentionrl.config import to_dict
 from retentionrl.errors import RetentionRLError
 from retentionrl.simulator.env import EnvConfig
 from retentionrl.training.buffer import ReplayBuffer
 from retentionrl.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from retentionrl.training.online import RunDir
+from retentionrl.training.online import RunConfig, RunDir
 from retentionrl.utils.io import write_json_atomic
 
 if TYPE_CHECKING:
@@ -128,12 +128,8 @@ class EpochSampler:
 
 
 @dataclass
-class OfflineTrainConfig:
+class OfflineTrainConfig(RunConfig):
     algo: str = "bc"
-    label: str | None = None  # name in comparison tables (default: algo)
-    seed: int = 0
-    preset: str = "kuaisim"
-    env: dict[str, Any] = field(default_factory=dict)  # EnvConfig overrides (logging and evaluation)
     behaviour: str = "ranking"  # any registered agent name: "ranking", "random", ...
     behaviour_agent: dict[str, Any] = field(default_factory=dict)  # its config (e.g. ranking's weights)
     behaviour_explore: bool = False  # log act(explore=True) of the behaviour policy
@@ -142,11 +138,6 @@ class OfflineTrainConfig:
     epochs: int = 5  # passes over the logs, unless total_updates is set
     total_updates: int | None = None  # overrides epochs
     batch_size: int | None = None  # None: the agent's own batch_size
-    log_every: int = 100
-    eval_every: int = 1000
-    checkpoint_every: int = 500
-    eval: dict[str, Any] = field(default_factory=dict)  # EvalConfig fields
-    agent: dict[str, Any] = field(default_factory=dict)  # the algorithm's own config
 
 
 def _log_stats(logs: dict[str, Tensor]) -> dict[str, float]:
@@ -162,7 +153,7 @@ def train_offline(cfg: OfflineTrainConfig, sim: "Simulator", run_dir: str | Path
     """Fit ``cfg.algo`` on logs of ``cfg.behaviour``; returns the summary, or None when ``stop_after`` (an update
     count) ends the call early with a checkpoint to ``resume`` from."""
     from retentionrl.agents import make_agent
-    from retentionrl.evaluation.protocol import EvalConfig, evaluate_policy
+    from retentionrl.evaluation.protocol import evaluate_policy
 
 
     # The agent from a freshly seeded global RNG; logging draws from its own streams (fork_rng), so neither
@@ -172,8 +163,7 @@ def train_offline(cfg: OfflineTrainConfig, sim: "Simulator", run_dir: str | Path
     if not agent.learns:
         raise RetentionRLError(f"algorithm '{cfg.algo}' does not learn from data (nothing to train offline)")
     behaviour = make_agent(cfg.behaviour, sim, cfg.behaviour_agent, seed=cfg.seed + 1)
-    eval_cfg = from_dict(EvalConfig, {"preset": cfg.preset, "env_overrides": dict(cfg.env), **cfg.eval}, "eval")
-    eval_cfg.validate()
+    eval_cfg = cfg.eval_config()
     run = RunDir.open(run_dir, to_dict(cfg), resume)
     logs = generate_logs(sim, behaviour, cfg.preset, cfg.n_log_users, cfg.log_steps, seed=cfg.seed, env=cfg.env,
                          explore=cfg.behaviour_explore)

@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -24,24 +24,44 @@ from retentionrl.training.buffer import ReplayBuffer
 from retentionrl.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from retentionrl.utils.io import write_json_atomic, write_text_atomic
 
+if TYPE_CHECKING:
+    from retentionrl.evaluation.protocol import EvalConfig
+
 
 @dataclass
-class TrainConfig:
+class RunConfig:
+    """What every training run has, online or offline."""
+
     algo: str = "td3"
     label: str | None = None  # name in comparison tables (default: algo)
     seed: int = 0
     preset: str = "kuaisim"
     env: dict[str, Any] = field(default_factory=dict)  # EnvConfig overrides
-    n_users: int = 32
-    total_steps: int = 2000  # environment steps (each moves n_users users one request)
-    warmup_steps: int = 100  # uniform random actions before the agent acts
-    updates_per_step: int = 1
-    buffer_size: int = 100_000
     log_every: int = 100
     eval_every: int = 1000
     checkpoint_every: int = 500
     eval: dict[str, Any] = field(default_factory=dict)  # EvalConfig fields
     agent: dict[str, Any] = field(default_factory=dict)  # the algorithm's own config
+
+    def env_overrides(self) -> dict[str, Any]:
+        """``env`` without ``action_mode``: the agent decides that, in training and in evaluation alike."""
+        return {k: v for k, v in self.env.items() if k != "action_mode"}
+
+    def eval_config(self) -> "EvalConfig":
+        from retentionrl.evaluation.protocol import EvalConfig
+
+        cfg = from_dict(EvalConfig, {"preset": self.preset, "env_overrides": self.env_overrides(), **self.eval}, "eval")
+        cfg.validate()
+        return cfg
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    n_users: int = 32
+    total_steps: int = 2000  # environment steps (each moves n_users users one request)
+    warmup_steps: int = 100  # uniform random actions before the agent acts
+    updates_per_step: int = 1
+    buffer_size: int = 100_000
 
 
 class RunDir:
@@ -90,15 +110,13 @@ def train(cfg: TrainConfig, sim, run_dir: str | Path, resume: bool = False, prog
     """Train ``cfg.algo`` in ``sim``; returns the summary, or None when ``stop_after`` (a step count, e.g. to fit
     a job's time limit) ends the call early with a checkpoint to ``resume`` from."""
     from retentionrl.agents import make_agent
-    from retentionrl.evaluation.protocol import EvalConfig, evaluate_policy
+    from retentionrl.evaluation.protocol import evaluate_policy
 
     torch.manual_seed(cfg.seed)
     agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed)
-    # The agent decides the action mode; evaluation sets it the same way, so it is not an env override there.
-    env_over = {k: v for k, v in cfg.env.items() if k != "action_mode"}
-    env = sim.make_env(cfg.preset, n_users=cfg.n_users, users="train", action_mode=agent.action_mode, **env_over)
-    eval_cfg = from_dict(EvalConfig, {"preset": cfg.preset, "env_overrides": env_over, **cfg.eval}, "eval")
-    eval_cfg.validate()
+    env = sim.make_env(cfg.preset, n_users=cfg.n_users, users="train", action_mode=agent.action_mode,
+                       **cfg.env_overrides())
+    eval_cfg = cfg.eval_config()
     # Only now, with the config known to be good, does anything get written (a bad config leaves no run dir).
     run = RunDir.open(run_dir, to_dict(cfg), resume)
     obs = env.reset(seed=cfg.seed)
