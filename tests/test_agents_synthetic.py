@@ -153,3 +153,27 @@ def test_agent_beats_random_on_the_synthetic_simulator(name, sim, random_reward,
         f"{name}: mean immediate reward {reward:.3f} closes {closed:.0%} of the gap between random "
         f"({random_reward:.3f}) and the optimum ({best:.3f}); needs {MARGIN:.0%}"
     )
+
+
+def test_return_time_range_bounds_every_policy(sim):
+    """Floor/ceiling of the mean return day any policy can reach (geometric return model). With the personal
+    term off, P = 0.4 + 0.1 * r exactly, so the floor is the truncated-geometric mean at r = sum of positive
+    weights; rollouts of the optimal and the click-ranking policy land inside the range."""
+    from retentionrl.simulator.env import preset
+    from retentionrl.simulator.returns import truncated_geometric_mean
+
+    cfg = preset("kuaisim", returns={"personal": "none"})
+    floor, ceiling = sim.return_time_range(cfg, users="all")
+    w = torch.tensor(sim.reward_weights)
+    D = sim.max_return_day
+    for value, r in ((floor, w.clamp(min=0).sum()), (ceiling, w.clamp(max=0).sum())):
+        p = torch.tensor([0.4 + 0.1 * float(r)]).clamp(1e-3, 1 - 1e-3)
+        assert value == pytest.approx(float(truncated_geometric_mean(p, D)), abs=1e-5)
+    assert floor < ceiling
+    floor_fitted, ceiling_fitted = sim.return_time_range("kuaisim", users="all")
+    for a in (optimal_fusion_weights(sim), torch.tensor([1.0, 0, 0, 0, 0, 0, 0])):
+        env = sim.make_env("kuaisim", n_users=128, users="all")
+        env.reset(seed=7)
+        days = torch.cat([out.return_day[out.session_end].float() for out in (env.step(a.expand(128, -1)) for _ in range(30))])
+        margin = 3 * float(days.std()) / len(days) ** 0.5
+        assert floor_fitted - margin <= float(days.mean()) <= ceiling_fitted + margin

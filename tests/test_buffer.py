@@ -41,7 +41,7 @@ def fake_step(B: int, start: int) -> tuple[Obs, torch.Tensor, StepOutput]:
     nxt = fake_obs(B, start, offset=1000)
     out = StepOutput(
         slate=c[:, None].repeat(1, K), responses=torch.zeros(B, K, 7), watch_time=torch.zeros(B, K),
-        reward=c.float(), session_end=c % 3 == 0, return_day=c % 7, retention_reward=-c.float(),
+        reward=c.float(), session_end=c % 3 == 0, return_day=c % 7, retention_reward=-c.float(), session_reward=2 * c.float(),
         episode_end=c % 5 == 0, next_obs=nxt, obs=nxt, users=nxt.user,
     )
     return fake_obs(B, start), c[:, None].float().repeat(1, 7), out

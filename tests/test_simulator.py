@@ -12,6 +12,7 @@ import torch
 from retentionrl.data.schema import build_interactions
 from retentionrl.data.sessions import sessionize
 from retentionrl.simulator.bundle import BundleError, Simulator
+from retentionrl.errors import RetentionRLError
 from retentionrl.simulator.env import ActionError
 from retentionrl.simulator.returns import (
     censored_nll,
@@ -112,6 +113,9 @@ def test_session_and_episode_flags_kuaisim(tiny_sim):
     assert (end.obs.session_index == 0).all() and (end.obs.step_in_session == 0).all()  # refilled rows
     assert (outs[4].next_obs.days_since_last == outs[4].return_day.float()).all()
     assert (outs[5].obs.step_in_session == 1).all()
+    # session_reward: the running sum of the immediate reward within each session (restarts after an end)
+    assert torch.allclose(outs[4].session_reward, sum(o.reward for o in outs[:5]), atol=1e-5)
+    assert torch.allclose(outs[6].session_reward, outs[5].reward + outs[6].reward, atol=1e-5)
 
 
 def test_inverse_day_reward_and_sampled_candidates(tiny_sim):
@@ -281,3 +285,28 @@ def test_build_missing_dataset_files(tmp_path, capsys):
 
     assert main(["simulator", "build", "--dataset", "ml-1m", "--data-dir", str(tmp_path), "--quiet"]) == 2
     assert "ratings.dat" in capsys.readouterr().err
+
+
+def test_random_state_personal_term_depends_on_the_state_with_the_fitted_spread(tiny_sim):
+    """KuaiSim-like ablation: P = bias + state @ w + kappa * r, with a seeded random w scaled so that the term's
+    spread over users' initial states equals the fitted per-user term's."""
+    from retentionrl.simulator.env import preset
+
+    cfg = preset("kuaisim", returns={"personal": "random_state", "state_seed": 3})
+    ret = tiny_sim.make_returns(cfg)
+    assert ret.personal is None and torch.equal(ret.state_weights, tiny_sim.make_returns(cfg).state_weights)
+    users = torch.arange(min(512, tiny_sim.n_users))
+    state = tiny_sim.response.init_cache(users, tiny_sim.init_items[users], tiny_sim.init_resp[users],
+                                         tiny_sim.init_pad[users]).state
+    term = state @ ret.state_weights
+    assert float(term.std()) == pytest.approx(float(tiny_sim.personal.std()), rel=0.25)
+    r = torch.zeros(len(users))
+    expect = (0.4 + term).clamp(1e-3, 1 - 1e-3)
+    assert torch.allclose(ret.probability(users, r, state), expect, atol=1e-6)
+    env = tiny_sim.make_env("kuaisim", n_users=4, returns={"personal": "random_state"})
+    env.reset(seed=0)
+    for _ in range(5):
+        out = env.step(torch.rand(4, 7))
+    assert out.session_end.all() and (out.return_day > 0).all()
+    with pytest.raises(RetentionRLError, match="random_state"):
+        tiny_sim.return_time_range(cfg)

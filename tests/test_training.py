@@ -89,15 +89,32 @@ def test_every_shipped_train_config_builds_its_agent(tiny_sim):
     from pathlib import Path
 
     from retentionrl.agents import make_agent
-    from retentionrl.config import from_dict, load_yaml
+    from retentionrl.config import from_dict, load_config
     from retentionrl.training import trainer_for
 
-    configs = sorted((Path(__file__).resolve().parents[1] / "configs" / "train").glob("*.yaml"))
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs" / "train").glob("**/*.yaml"))
     assert len(configs) >= 8
     for path in configs:
-        raw = load_yaml(path)
+        raw = load_config(path)
         cfg = from_dict(trainer_for(raw["algo"])[0], raw, str(path))
         make_agent(cfg.algo, tiny_sim, cfg.agent, seed=0)
+
+
+def test_config_extends_merges_over_its_parent_and_refuses_cycles(tmp_path):
+    from retentionrl.config import ConfigError, load_config
+
+    (tmp_path / "base.yaml").write_text("algo: td3\ntotal_steps: 100\nagent: {gamma: 0.9, tau: 0.01}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text("extends: ../base.yaml\nagent: {tau: 0.5}\n")
+    assert load_config(tmp_path / "sub" / "child.yaml") == {"algo": "td3", "total_steps": 100,
+                                                            "agent": {"gamma": 0.9, "tau": 0.5}}
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml: config file not found"):
+        load_config(tmp_path / "c.yaml")
 
 
 def test_typo_in_train_config_is_an_error():

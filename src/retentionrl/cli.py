@@ -108,11 +108,11 @@ def _load_or_build_sample_bundle(path: str | Path):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from retentionrl.config import from_dict, load_yaml, merge
+    from retentionrl.config import from_dict, load_config, merge
     from retentionrl.simulator.bundle import Simulator
     from retentionrl.training import trainer_for
 
-    base = load_yaml(args.config) if args.config else {}
+    base = load_config(args.config) if args.config else {}
     over = {k: v for k, v in {"algo": args.algo, "seed": args.seed}.items() if v is not None}
     raw = merge(base, over)
     config_cls, train = trainer_for(raw.get("algo", "td3"))

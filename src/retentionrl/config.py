@@ -113,6 +113,22 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def load_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config with ``extends: OTHER.yaml`` resolved (relative to the file, recursively): the file's own
+    keys are merged over its parent's, so a variant states only what differs (an ablation, another dataset)."""
+    path = Path(path)
+    data = load_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: 'extends' must be a file name, got {parent!r}")
+    base_path = (path.parent / parent).resolve()
+    if base_path in _seen or base_path == path.resolve():
+        raise ConfigError(f"{path}: 'extends' forms a cycle through {base_path.name}")
+    return merge(load_config(base_path, (*_seen, path.resolve())), data)
+
+
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """Recursive dict merge: ``override`` wins; nested mappings are merged key by key."""
     out = dict(base)

@@ -21,6 +21,8 @@ AGENTS: dict[str, str] = {
     "din": "retentionrl.agents.din:build",
     "bc": "retentionrl.agents.bc:build",
     "dqn": "retentionrl.agents.dqn:build",
+    "rlur": "retentionrl.agents.rlur:build",
+    "gfn4retention": "retentionrl.agents.gfn4retention:build",
     "ranking": "retentionrl.agents.base:build_ranking",
     "random": "retentionrl.agents.base:build_random",
 }

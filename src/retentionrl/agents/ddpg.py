@@ -43,8 +43,8 @@ class DDPG(TorchAgent):
     def __init__(self, spec: AgentSpec, cfg: DDPGConfig, seed: int = 0) -> None:
         torch.manual_seed(seed)
         self.cfg, self.batch_size = cfg, cfg.batch_size
-        self.actor = DeterministicActor(spec, cfg.state_dim, cfg.token_dim, cfg.hidden)
-        self.q = Critic(spec, cfg.state_dim, cfg.token_dim, cfg.hidden)
+        self.actor = DeterministicActor(spec, cfg.state_dim, cfg.token_dim, cfg.hidden, cfg.encoder)
+        self.q = Critic(spec, cfg.state_dim, cfg.token_dim, cfg.hidden, cfg.encoder)
         self.actor_t, self.q_t = copy.deepcopy(self.actor), copy.deepcopy(self.q)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
         self.critic_opt = torch.optim.Adam(self.q.parameters(), lr=cfg.critic_lr)

@@ -54,8 +54,8 @@ class SAC(TorchAgent):
             raise RetentionRLError(f"agent.alpha must be positive, got {cfg.alpha}")
         torch.manual_seed(seed)
         self.cfg, self.batch_size = cfg, cfg.batch_size
-        self.actor = GaussianActor(spec, cfg.state_dim, cfg.token_dim, cfg.hidden)
-        self.q1, self.q2 = (Critic(spec, cfg.state_dim, cfg.token_dim, cfg.hidden) for _ in range(2))
+        self.actor = GaussianActor(spec, cfg.state_dim, cfg.token_dim, cfg.hidden, cfg.encoder)
+        self.q1, self.q2 = (Critic(spec, cfg.state_dim, cfg.token_dim, cfg.hidden, cfg.encoder) for _ in range(2))
         self.q1_t, self.q2_t = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
         self.critic_opt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=cfg.critic_lr)

@@ -39,8 +39,8 @@ class TD3(TorchAgent):
     def __init__(self, spec: AgentSpec, cfg: TD3Config, seed: int = 0) -> None:
         torch.manual_seed(seed)
         self.cfg, self.batch_size = cfg, cfg.batch_size
-        self.actor = DeterministicActor(spec, cfg.state_dim, cfg.token_dim, cfg.hidden)
-        self.q1, self.q2 = (Critic(spec, cfg.state_dim, cfg.token_dim, cfg.hidden) for _ in range(2))
+        self.actor = DeterministicActor(spec, cfg.state_dim, cfg.token_dim, cfg.hidden, cfg.encoder)
+        self.q1, self.q2 = (Critic(spec, cfg.state_dim, cfg.token_dim, cfg.hidden, cfg.encoder) for _ in range(2))
         self.actor_t, self.q1_t, self.q2_t = (copy.deepcopy(m) for m in (self.actor, self.q1, self.q2))
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
         self.critic_opt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=cfg.critic_lr)

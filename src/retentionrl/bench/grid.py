@@ -10,27 +10,35 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from retentionrl.config import from_dict, load_yaml, merge
+from retentionrl.config import from_dict, load_config, merge
 
 
 @dataclass
 class Cell:
-    method: str  # label in the table (the config file's stem)
+    method: str  # label in the table (the config file's stem, or a variant's own label)
     config: str  # YAML train config
     seed: int
     run_dir: str
     simulator: str
+    overrides: dict[str, Any] = field(default_factory=dict)  # merged over the config (a sweep point)
 
 
-def cells(configs: list[str | Path], seeds: list[int], runs_root: str | Path, simulator: str) -> list[Cell]:
+Variant = tuple[str, "str | Path", dict[str, Any]]  # (label, config, overrides)
+
+
+def cells(configs: list["str | Path | Variant"], seeds: list[int], runs_root: str | Path, simulator: str) -> list[Cell]:
+    """One cell per (config, seed). An entry is a config path (labelled by its stem) or a ``(label, config,
+    overrides)`` variant, e.g. ``("gfn4retention-lam0.5", "configs/train/gfn4retention-kuaisim.yaml",
+    {"agent": {"lam": 0.5}})``. Runs go to ``runs_root/<label>/seed<k>``."""
     out = []
-    for c in configs:
-        c = Path(c)
+    for entry in configs:
+        label, config, over = entry if isinstance(entry, tuple) else (Path(entry).stem, entry, {})
         for s in seeds:
-            out.append(Cell(c.stem, str(c), s, str(Path(runs_root) / c.stem / f"seed{s}"), simulator))
+            out.append(Cell(label, str(config), s, str(Path(runs_root) / label / f"seed{s}"), simulator, dict(over)))
     return out
 
 
@@ -46,7 +54,7 @@ def run_cell(cell: Cell, threads: int | None = None) -> str:
     run = Path(cell.run_dir)
     if (run / "summary.json").is_file():
         return cell.run_dir
-    raw = merge(load_yaml(cell.config), {"seed": cell.seed, "label": cell.method})
+    raw = merge(merge(load_config(cell.config), cell.overrides), {"seed": cell.seed, "label": cell.method})
     config_cls, train = trainer_for(raw.get("algo", "td3"))
     cfg = from_dict(config_cls, raw, cell.config)
     train(cfg, Simulator.load(cell.simulator), run, resume=(run / "config.yaml").is_file(), progress=False)

@@ -125,3 +125,40 @@ def write_comparison(run_dirs: list[str | Path], out: str | Path, reference: str
     write_text_atomic(out / "comparison.csv", table_csv)
     training_curves(runs, out / "training_curves.png")
     return md, ref
+
+
+def sweep_plot(runs: dict[str, list[dict[str, Any]]], values: dict[str, float], path: Path, xlabel: str,
+               metrics: tuple[str, ...] = ("return_time", "click_rate")) -> str:
+    """One panel per metric: mean ± 95% CI over seeds against a swept parameter. ``values``: method -> x.
+    Writes the PNG and returns a markdown table of the same numbers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from retentionrl.evaluation.stats import mean_ci
+
+    order = sorted((m for m in values if m in runs), key=values.get)
+    stats = {metric: [mean_ci([r["eval"][metric] for r in runs[m]]) for m in order] for metric in metrics}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.6))
+    for ax, metric in zip(axes if len(metrics) > 1 else [axes], metrics):
+        xs = [values[m] for m in order]
+        means = [s["mean"] for s in stats[metric]]
+        err = [s["half_width"] or 0.0 for s in stats[metric]]
+        ax.errorbar(xs, means, yerr=err, marker="o", capsize=3)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(METRICS[metric][0])
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    head = [xlabel, "seeds", *(METRICS[m][0] for m in metrics)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, m in enumerate(order):
+        cells = [f"{values[m]:g}", str(len(runs[m]))]
+        for metric in metrics:
+            s = stats[metric][i]
+            cells.append(f"{s['mean']:.3f}" + (f" ± {s['half_width']:.3f}" if s["half_width"] is not None else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -10,9 +10,13 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from retentionrl.errors import RetentionRLError
 from retentionrl.nets.encoders import mlp
-from retentionrl.nets.state import StateEncoder
-from retentionrl.simulator.env import Obs
+from retentionrl.nets.state import FlatEncoder, StateEncoder
+from retentionrl.simulator.env import Obs, preset
+from retentionrl.simulator.gym import FlatLayout
+
+EncoderKind = Literal["transformer", "flat"]
 
 
 @dataclass
@@ -24,11 +28,25 @@ class AgentSpec:
     n_items: int
     window: int
     n_behaviours: int = 7
+    user_features: dict[str, list] = field(default_factory=dict)  # categorical column -> raw value of code c at c-1
+    # Env scales, used only by the flat encoder (the agent is built before, and without, the env: the KuaiSim
+    # preset's values and the bundle's D).
+    slate_size: int = 6
+    max_sessions: int = 6
+    max_return_day: int = 10
 
     @classmethod
-    def from_simulator(cls, sim) -> "AgentSpec":
+    def from_simulator(cls, sim) -> AgentSpec:
+        env = preset("kuaisim")
         return cls(list(sim.meta["user_cardinalities"]), int(sim.response.user_num.shape[1]), sim.n_items,
-                   int(sim.response.cfg.window))
+                   int(sim.response.cfg.window), user_features=dict(sim.meta.get("user_features", {})),
+                   slate_size=env.slate_size, max_sessions=env.max_sessions,
+                   max_return_day=int(env.max_return_day or sim.max_return_day))
+
+    def flat_layout(self) -> FlatLayout:
+        """The gymnasium adapter's observation layout for this simulator (KuaiSim preset scales)."""
+        return FlatLayout.from_meta(self.user_cards, self.n_user_num, self.slate_size, self.max_sessions,
+                                    self.max_return_day)
 
 
 @dataclass
@@ -46,6 +64,9 @@ class ActorCriticConfig:
     retention_weight: float = 1.0
     immediate_weight: float = 0.0
     terminal: Literal["none", "session", "episode"] = "none"
+    # "flat": every network is a plain MLP on the gymnasium adapter's flat observation (state_dim and token_dim
+    # are then unused) — the networks stable-baselines3 builds with net_arch=hidden.
+    encoder: EncoderKind = "transformer"
 
 
 def noisy_action(actor: nn.Module, obs: Obs, noise: float, generator: torch.Generator | None) -> Tensor:
@@ -70,17 +91,26 @@ def done_mask(batch: dict[str, Tensor], terminal: str) -> Tensor:
     return torch.zeros_like(batch["reward"])
 
 
-def encoder(spec: AgentSpec, state_dim: int, token_dim: int) -> StateEncoder:
+def encoder(spec: AgentSpec, state_dim: int, token_dim: int, kind: EncoderKind = "transformer"
+            ) -> StateEncoder | FlatEncoder:
+    """A network's own state encoder, Obs -> (B, enc.out_dim): the transformer :class:`StateEncoder`
+    (``out_dim = state_dim``) or the parameter-free :class:`FlatEncoder` (``out_dim`` = the flat observation's
+    length; ``state_dim`` and ``token_dim`` unused)."""
+    if kind == "flat":
+        return FlatEncoder(spec.flat_layout())
+    if kind != "transformer":
+        raise RetentionRLError(f"unknown state encoder '{kind}' (known: transformer, flat)")
     return StateEncoder(spec.user_cards, spec.n_user_num, spec.n_items, token_dim, spec.window, out_dim=state_dim)
 
 
 class DeterministicActor(nn.Module):
     """a = tanh(MLP(s)) in [-1, 1]^7 (TD3, DDPG)."""
 
-    def __init__(self, spec: AgentSpec, state_dim: int, token_dim: int, hidden: list[int]) -> None:
+    def __init__(self, spec: AgentSpec, state_dim: int, token_dim: int, hidden: list[int],
+                 kind: EncoderKind = "transformer") -> None:
         super().__init__()
-        self.enc = encoder(spec, state_dim, token_dim)
-        self.net = mlp([state_dim, *hidden, spec.n_behaviours], out_act=nn.Tanh())
+        self.enc = encoder(spec, state_dim, token_dim, kind)
+        self.net = mlp([self.enc.out_dim, *hidden, spec.n_behaviours], out_act=nn.Tanh())
 
     def forward(self, obs: Obs) -> Tensor:
         return self.net(self.enc(obs))  # (B, 7)
@@ -91,11 +121,12 @@ class GaussianActor(nn.Module):
 
     LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
-    def __init__(self, spec: AgentSpec, state_dim: int, token_dim: int, hidden: list[int]) -> None:
+    def __init__(self, spec: AgentSpec, state_dim: int, token_dim: int, hidden: list[int],
+                 kind: EncoderKind = "transformer") -> None:
         super().__init__()
-        self.enc = encoder(spec, state_dim, token_dim)
-        self.trunk = mlp([state_dim, *hidden]) if hidden else nn.Identity()
-        width = hidden[-1] if hidden else state_dim
+        self.enc = encoder(spec, state_dim, token_dim, kind)
+        self.trunk = mlp([self.enc.out_dim, *hidden]) if hidden else nn.Identity()
+        width = hidden[-1] if hidden else self.enc.out_dim
         self.mu = nn.Linear(width, spec.n_behaviours)
         self.log_std = nn.Linear(width, spec.n_behaviours)
 
@@ -106,22 +137,42 @@ class GaussianActor(nn.Module):
 
     def sample(self, obs: Obs, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Reparameterised action (B, 7) and its log-probability (B,) with the tanh correction."""
-        mu, log_std = self(obs)
-        std = log_std.exp()
-        u = mu + std * torch.randn(mu.shape, generator=generator)
-        a = torch.tanh(u)
-        logp = (-0.5 * ((u - mu) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(1)
-        logp = logp - torch.log(1 - a.pow(2) + 1e-6).sum(1)
-        return a, logp
+        return squashed_sample(*self(obs), generator)
+
+
+def squashed_sample(mu: Tensor, log_std: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """a = tanh(mu + sigma * eps), eps ~ N(0, I): reparameterised sample (B, A) and log pi(a) (B,)."""
+    u = mu + log_std.exp() * torch.randn(mu.shape, generator=generator)
+    return torch.tanh(u), _squashed_logp(u, mu, log_std)
+
+
+def squashed_log_prob(mu: Tensor, log_std: Tensor, action: Tensor, eps: float = 1e-6) -> Tensor:
+    """log pi(a | s) (B,) of a given squashed action a (B, A) in (-1, 1) under tanh(N(mu, sigma^2))."""
+    a = action.clamp(-1 + eps, 1 - eps)
+    return _squashed_logp(torch.atanh(a), mu, log_std)
+
+
+def _squashed_logp(u: Tensor, mu: Tensor, log_std: Tensor) -> Tensor:
+    """Density of a = tanh(u): N(u; mu, sigma) / prod(1 - a^2) -> (B,)."""
+    logp = (-0.5 * ((u - mu) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(1)
+    return logp - torch.log(1 - torch.tanh(u).pow(2) + 1e-6).sum(1)
+
+
+def gaussian_kl(mu: Tensor, log_std: Tensor, mu_ref: Tensor, log_std_ref: Tensor) -> Tensor:
+    """KL(N(mu, sigma^2) || N(mu_ref, sigma_ref^2)) of diagonal Gaussians (B, A) -> (B,). tanh is a bijection,
+    so this is also the KL between the squashed policies."""
+    var, var_ref = (2 * log_std).exp(), (2 * log_std_ref).exp()
+    return (log_std_ref - log_std + (var + (mu - mu_ref) ** 2) / (2 * var_ref) - 0.5).sum(1)
 
 
 class Critic(nn.Module):
     """Q(s, a) -> (B,)."""
 
-    def __init__(self, spec: AgentSpec, state_dim: int, token_dim: int, hidden: list[int]) -> None:
+    def __init__(self, spec: AgentSpec, state_dim: int, token_dim: int, hidden: list[int],
+                 kind: EncoderKind = "transformer") -> None:
         super().__init__()
-        self.enc = encoder(spec, state_dim, token_dim)
-        self.net = mlp([state_dim + spec.n_behaviours, *hidden, 1])
+        self.enc = encoder(spec, state_dim, token_dim, kind)
+        self.net = mlp([self.enc.out_dim + spec.n_behaviours, *hidden, 1])
 
     def forward(self, obs: Obs, action: Tensor) -> Tensor:
         return self.net(torch.cat([self.enc(obs), action], dim=1)).squeeze(1)

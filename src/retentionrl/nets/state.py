@@ -4,6 +4,9 @@
 index, the step in the session and the days since the previous session (the cross-session signals a retention
 policy needs). Same building blocks as the simulator's response model, separate weights: the agent never sees
 the simulator's internal state.
+
+:class:`FlatEncoder` is the parameter-free alternative: the gymnasium adapter's flat observation vector, so that
+an agent's networks can be exactly the plain MLPs a gymnasium library (stable-baselines3) puts on that vector.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from retentionrl.errors import RetentionRLError
 from retentionrl.nets.encoders import FeatureEncoder, HistoryTransformer, mlp
 from retentionrl.simulator.env import Obs
+from retentionrl.simulator.gym import FlatLayout, flat_features
 
 N_CONTEXT = 4
 
@@ -39,12 +44,12 @@ class StateEncoder(nn.Module):
     """
 
     def __init__(self, user_cards: list[int], n_user_num: int, n_items: int, dim: int = 32, window: int = 20,
-                 layers: int = 1, out_dim: int = 64) -> None:
+                 layers: int = 1, out_dim: int = 64, heads: int = 2) -> None:
         super().__init__()
         self.profile = FeatureEncoder(user_cards, n_user_num, dim)
         self.items = nn.Embedding(n_items, dim)
         nn.init.normal_(self.items.weight, std=0.05)
-        self.history = HistoryTransformer(dim, 7, window, layers=layers, heads=2, dropout=0.0)
+        self.history = HistoryTransformer(dim, 7, window, layers=layers, heads=heads, dropout=0.0)
         self.head = nn.Sequential(mlp([2 * dim + N_CONTEXT, 2 * out_dim, out_dim]), nn.ReLU())
         self.out_dim = out_dim
 
@@ -53,3 +58,70 @@ class StateEncoder(nn.Module):
         h = self.history(user, self.items(obs.hist_items), obs.hist_resp, obs.hist_pad)  # (B, 1 + H, dim)
         last = torch.where(obs.hist_pad[:, -1:], h[:, 0], h[:, -1])  # empty history: the profile token
         return self.head(torch.cat([user, last, context_features(obs)], dim=1))
+
+
+class FlatEncoder(nn.Module):
+    """Obs -> (B, out_dim) the gymnasium adapter's flat observation
+    (:func:`~retentionrl.simulator.gym.flat_features`; ``out_dim = layout.dim``). No parameters, no gradient:
+    a network on top of it is a plain MLP on the vector stable-baselines3 sees."""
+
+    def __init__(self, layout: FlatLayout) -> None:
+        super().__init__()
+        self.layout = layout
+        self.out_dim = layout.dim
+
+    def forward(self, obs: Obs) -> Tensor:
+        return flat_features(obs, self.layout)
+
+
+class ContextDetector(nn.Module):
+    """GFN4Retention's context-detecting module: a plain DNN over the whole request context, Obs -> (B, out_dim).
+
+    The transformer summarises the history through its last output, which over-weights recent exposures and
+    mixes features only through attention; this module sees every slot at once — the profile, each of the H
+    history items (a small embedding) with its 8 response features, flattened, and the session context.
+    """
+
+    def __init__(self, user_cards: list[int], n_user_num: int, n_items: int, window: int, dim: int = 16,
+                 item_dim: int = 8, hidden: int = 128, out_dim: int = 32) -> None:
+        super().__init__()
+        self.profile = FeatureEncoder(user_cards, n_user_num, dim)
+        self.items = nn.Embedding(n_items, item_dim)
+        nn.init.normal_(self.items.weight, std=0.05)
+        self.net = nn.Sequential(mlp([dim + window * (item_dim + 8) + N_CONTEXT, hidden, out_dim]), nn.ReLU())
+
+    def forward(self, obs: Obs) -> Tensor:
+        items = self.items(obs.hist_items).masked_fill(obs.hist_pad[..., None], 0.0)  # (B, H, item_dim)
+        hist = torch.cat([items, obs.hist_resp], 2).flatten(1)  # (B, H * (item_dim + 8))
+        return self.net(torch.cat([self.profile(obs.profile_cat, obs.profile_num), hist, context_features(obs)], 1))
+
+
+class UserGroups:
+    """Route users to groups by a named categorical profile feature (RLUR trains one policy per activity group).
+
+    ``groups`` lists the raw values of each group, e.g. ``[["full_active"], ["high_active"]]``; users with any
+    other value (or a missing one) form the last group, so there are ``len(groups) + 1`` groups. With
+    ``feature=None`` everyone is in group 0. ``__call__(obs) -> (B,) long`` group index.
+    """
+
+    def __init__(self, user_features: dict[str, list], feature: str | None, groups: list[list]) -> None:
+        self.column: int | None = None
+        self.n = 1
+        if feature is None:
+            return
+        if feature not in user_features:
+            known = ", ".join(user_features) or "none: the bundle predates feature names, rebuild it"
+            raise RetentionRLError(f"group feature '{feature}' is not a categorical user feature of the simulator (known: {known})")
+        vocab = [str(v) for v in user_features[feature]]
+        self.column, self.n = list(user_features).index(feature), len(groups) + 1
+        self.table = torch.full((len(vocab) + 1,), len(groups), dtype=torch.long)  # code 0 = missing
+        for g, values in enumerate(groups):
+            for v in values:
+                if str(v) not in vocab:
+                    raise RetentionRLError(f"group {g}: '{v}' is not a value of user feature '{feature}' (values: {', '.join(vocab)})")
+                self.table[vocab.index(str(v)) + 1] = g
+
+    def __call__(self, obs: Obs) -> Tensor:
+        if self.column is None:
+            return torch.zeros(obs.user.shape[0], dtype=torch.long)
+        return self.table[obs.profile_cat[:, self.column]]

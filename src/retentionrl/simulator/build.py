@@ -169,6 +169,9 @@ def build_simulator(cfg: BuildConfig, progress: bool = True, log=print) -> Simul
         "n_interactions": data.n_interactions,
         "behaviours": list(data.behaviours),
         "user_cardinalities": list(data.user_features.categorical.values()),
+        # Column names and raw values of the codes (code c is vocab[c - 1]): lets a policy route users by a
+        # named feature (RLUR's activity groups) without the data files.
+        "user_features": {c: list(data.user_features.vocab.get(c, [])) for c in data.user_features.categorical},
         "item_cardinalities": list(data.item_features.categorical.values()),
         "reward_weights": weights,
         "reference_reward": ref_reward,

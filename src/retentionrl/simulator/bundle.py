@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,25 @@ class Simulator:
             raise RetentionRLError(f"the bundle has no '{which}' users")
         return pool
 
+    def return_time_range(self, cfg: EnvConfig | str = "kuaisim", users: str = "test") -> tuple[float, float]:
+        """(floor, ceiling) of the mean return day over ``users`` that *any* policy can reach under a geometric
+        return model: ``P = bias + personal(u) + kappa * r`` is monotone in the session's mean immediate reward
+        r, which lies in ``[sum of negative weights, sum of positive weights]`` (every shown item with every
+        behaviour, or none). It measures how much leverage a ranking policy has on return time here."""
+        from retentionrl.simulator.returns import truncated_geometric_mean
+
+        if isinstance(cfg, str):
+            cfg = preset(cfg)
+        if cfg.returns.kind != "geometric" or cfg.returns.personal == "random_state":
+            raise RetentionRLError("return_time_range needs the geometric return model with a per-user personal term "
+                                   "(the learned and random_state ones depend on the state the policy shapes)")
+        ret = self.make_returns(replace(cfg, max_return_day=cfg.max_return_day or self.max_return_day))
+        pool = self.user_pool(users)
+        w = torch.tensor(cfg.reward_weights if cfg.reward_weights is not None else self.reward_weights)
+        days = [float(truncated_geometric_mean(ret.probability(pool, torch.full((len(pool),), float(r))), ret.max_day).mean())
+                for r in (w.clamp(min=0).sum(), w.clamp(max=0).sum())]
+        return days[0], days[1]
+
     def make_leave(self, cfg: EnvConfig, n: int):
         lc = cfg.leave
         if lc.kind == "learned":
@@ -84,8 +104,22 @@ class Simulator:
                     f"max_return_day {cfg.max_return_day} does not match"
                 )
             return self.return_model
+        if rc.personal == "random_state":
+            return GeometricReturn(cfg.max_return_day, rc.bias, rc.feedback_influence, None,
+                                   self._random_state_weights(rc.state_seed) * rc.personal_scale)
         personal = self.personal * rc.personal_scale if rc.personal == "fitted" else None
         return GeometricReturn(cfg.max_return_day, rc.bias, rc.feedback_influence, personal)
+
+    @torch.no_grad()
+    def _random_state_weights(self, seed: int, n: int = 2048) -> Tensor:
+        """(D_state,) a seeded random direction, scaled so that ``state @ w`` over (up to) n users' logged
+        initial states has the same standard deviation as the fitted personal term."""
+        g = torch.Generator().manual_seed(seed)
+        w = torch.randn(self.response.cfg.dim, generator=g)
+        users = torch.randperm(self.n_users, generator=g)[:n]
+        state = self.response.init_cache(users, self.init_items[users], self.init_resp[users], self.init_pad[users]).state
+        spread = (state @ w).std().clamp(min=1e-6)
+        return w * (self.personal.std() / spread)
 
     def make_env(self, cfg: EnvConfig | str = "kuaisim", **overrides) -> RetentionEnv:
         if isinstance(cfg, str):

@@ -47,8 +47,12 @@ class ReturnConfig:
     kind: Literal["geometric", "learned"] = "geometric"
     bias: float = 0.4
     feedback_influence: float = 0.1
-    personal: Literal["fitted", "none"] = "fitted"
+    # fitted: per-user term from the logs. none: off. random_state: KuaiSim's kind — an untrained random linear
+    # map of the end-of-session user state (seeded by state_seed), scaled to the fitted term's spread over users;
+    # the policy then steers return time through the state, with no support in the data (an ablation).
+    personal: Literal["fitted", "none", "random_state"] = "fitted"
     personal_scale: float = 1.0
+    state_seed: int = 0
 
 
 @dataclass
@@ -111,6 +115,7 @@ class StepOutput:
     session_end: Tensor  # (B,) bool
     return_day: Tensor  # (B,) long, 1..D at a session end, else 0
     retention_reward: Tensor  # (B,) at a session end, else 0
+    session_reward: Tensor  # (B,) immediate reward summed over the session so far, this step included
     episode_end: Tensor  # (B,) bool: max_sessions reached (row auto-resets)
     next_obs: Obs  # successor state of this step (before the auto-reset)
     obs: Obs  # observation for the next action (after the auto-reset)
@@ -239,6 +244,7 @@ class RetentionEnv:
         self._acc_resp += y.sum(1)
         self._acc_watch += watch.sum(1)
         self._acc_reward += reward
+        session_reward = self._acc_reward.clone()
         self._cache = self.model.extend(self._cache, slate, tokens, self.item_vecs)  # state after the request
 
         end = self.leave.sample(reward, leave_features(self._state, o.step_in_session, y.mean(1)), self.gen)
@@ -269,7 +275,7 @@ class RetentionEnv:
             self._refill(episode_end)
         return StepOutput(
             slate=slate, responses=y, watch_time=watch, reward=reward, session_end=end, return_day=return_day,
-            retention_reward=ret_reward, episode_end=episode_end, next_obs=next_obs, obs=o.clone(), users=users,
+            retention_reward=ret_reward, session_reward=session_reward, episode_end=episode_end, next_obs=next_obs, obs=o.clone(), users=users,
         )
 
     def _fusion_scores(self, q: Tensor, action: Tensor, cand: Tensor) -> Tensor:

@@ -57,19 +57,27 @@ def fit_personal_term(sessions: Sessions, n_users: int, prior_strength: float = 
 
 
 class GeometricReturn:
-    def __init__(self, max_day: int, bias: float, feedback_influence: float, personal: Tensor | None) -> None:
-        self.max_day, self.bias, self.kappa, self.personal = max_day, bias, feedback_influence, personal
+    """``P = clip(bias + personal + kappa * r)``; ``personal`` is per user (``personal[u]``, (N_users,)), or with
+    ``state_weights`` (D_state,) a linear function of the end-of-session state, ``state @ w`` (KuaiSim-like)."""
 
-    def probability(self, users: Tensor, session_reward: Tensor) -> Tensor:
-        """(B,) next-day return probability P."""
+    def __init__(self, max_day: int, bias: float, feedback_influence: float, personal: Tensor | None,
+                 state_weights: Tensor | None = None) -> None:
+        self.max_day, self.bias, self.kappa, self.personal = max_day, bias, feedback_influence, personal
+        self.state_weights = state_weights
+
+    def probability(self, users: Tensor, session_reward: Tensor, state: Tensor | None = None) -> Tensor:
+        """(B,) next-day return probability P; ``state`` (B, D_state) is needed with state weights."""
         p = self.bias + self.kappa * session_reward
         if self.personal is not None:
             p = p + self.personal[users]
+        if self.state_weights is not None:
+            p = p + state @ self.state_weights
         return p.clamp(EPS, 1 - EPS)
 
     def distribution(self, users: Tensor, session_reward: Tensor, features: Tensor | None = None) -> Tensor:
-        """(B, D) distribution of the return day."""
-        return truncated_geometric_probs(self.probability(users, session_reward), self.max_day)
+        """(B, D) distribution of the return day; ``features`` from :func:`session_features` (state first)."""
+        state = None if self.state_weights is None else features[:, : len(self.state_weights)]
+        return truncated_geometric_probs(self.probability(users, session_reward, state), self.max_day)
 
 
 N_SESSION_FEATURES = 7 + 6

@@ -1,7 +1,7 @@
 """A replay buffer of cross-session transitions in preallocated torch tensors (ring overwrite, seeded sampling).
 
-One row is one user's step ``(obs, action, reward, retention_reward, session_end, episode_end, return_day,
-next_obs)``. Two flags are kept apart on purpose:
+One row is one user's step ``(obs, action, reward, retention_reward, session_reward, session_end, episode_end,
+return_day, next_obs)``. Two flags are kept apart on purpose:
 
 * ``session_end`` — the user left the session and comes back after ``return_day`` days. It is *not* terminal:
   the same user continues, and the retention reward is earned exactly there, so value targets must bootstrap
@@ -32,6 +32,7 @@ OBS_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Obs) if f.name != "ca
 _STEP_FIELDS: dict[str, torch.dtype] = {
     "reward": torch.float32,
     "retention_reward": torch.float32,
+    "session_reward": torch.float32,
     "session_end": torch.bool,
     "episode_end": torch.bool,
     "return_day": torch.long,
@@ -46,7 +47,7 @@ class ReplayBuffer:
     * ``<f>`` and ``next_<f>`` for every ``f`` in :data:`OBS_FIELDS`, with the per-row shape and dtype of
       ``obs_example`` (e.g. ``hist_resp`` (N, H, 8) float32, ``user`` (N,) long);
     * ``action`` (N, *action_shape) of ``action_dtype`` — (N, 7) fusion weights, or (N, K) long slate item ids;
-    * ``reward``, ``retention_reward`` (N,) float32; ``session_end``, ``episode_end`` (N,) bool;
+    * ``reward``, ``retention_reward``, ``session_reward`` (N,) float32; ``session_end``, ``episode_end`` (N,) bool;
       ``return_day`` (N,) long.
     """
 

@@ -1,0 +1,116 @@
+"""RLUR and GFN4Retention against the baselines the papers compare with, their ablations and the lambda sweep.
+
+    python benchmarks/retention_methods.py [--parts kuairand movielens ablations sweep] [--workers 2]
+                                           [--seeds 0 1 2 3 4] [--ablation-seeds 0 1 2]
+
+Parts (each a resumable grid; finished runs are kept and skipped, so the tables can be filled over several
+sittings — rerun the same command):
+
+* ``kuairand``: TD3, SAC, DIN, CEM, RLUR, GFN4Retention x 5 seeds on ``bundles/kuairand-pure`` (KuaiSim
+  preset). Runs live in ``runs/baselines-kuairand`` (shared with ``baselines_kuairand.py``).
+* ``movielens``: the same six on ``bundles/ml-100k`` -> ``runs/movielens-100k``.
+* ``ablations``: RLUR w/o RND / normalisation / groups / soft regularisation; GFN4Retention NCD / NIF / SIF.
+* ``sweep``: GFN4Retention's balance lambda in {0.5, 0.7, 0.9, 1.0, 1.1, 1.3, 1.5}.
+
+Writes ``docs/results/retention_<part>/`` (comparison.md / .csv, training curves, sweep plot). t-tests are
+against the best *baseline* (by return time), as in the papers. Build the bundles first with
+``benchmarks/simulator_build.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from retentionrl.bench.grid import cells, run_grid
+from retentionrl.bench.report import (
+    best_method,
+    load_runs,
+    sweep_plot,
+    write_comparison,
+)
+from retentionrl.utils.io import write_text_atomic
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = REPO / "configs" / "train"
+BASELINES = ["td3", "sac", "din", "cem"]
+METHODS = [*BASELINES, "rlur", "gfn4retention"]
+LAMBDAS = [0.5, 0.7, 0.9, 1.0, 1.1, 1.3, 1.5]
+# GFN4Retention, Table 2 (last-1000-training-episodes protocol, KuaiSim, 100k steps).
+PAPER = {
+    "kuairand": {"return_time": [2.382, 2.373, 1.947, 1.889, 1.786, 1.496], "retention": [0.151, 0.150, 0.154, 0.156, 0.159, 0.163],
+                 "click_rate": [0.800, 0.801, 0.773, 0.762, 0.789, 0.805], "long_view_rate": [0.791, 0.795, 0.764, 0.757, 0.778, 0.794],
+                 "like_rate": [0.852, 0.857, 0.812, 0.804, 0.831, 0.862]},
+    "movielens": {"return_time": [2.258, 2.246, 1.893, 1.814, 1.723, 1.479], "retention": [0.141, 0.142, 0.153, 0.158, 0.160, 0.165],
+                  "click_rate": [0.461, 0.468, 0.454, 0.448, 0.459, 0.473], "long_view_rate": [0.459, 0.463, 0.455, 0.453, 0.457, 0.464],
+                  "like_rate": [0.568, 0.571, 0.541, 0.524, 0.561, 0.574]},
+}
+
+
+def paper_table(dataset: str) -> str:
+    rows = PAPER[dataset]
+    name = "KuaiRand-Pure" if dataset == "kuairand" else "ML-1M"
+    lines = [f"Paper (GFN4Retention Table 2, {name}):", "", "| metric | " + " | ".join(METHODS) + " |",
+             "|" + "---|" * (len(METHODS) + 1)]
+    lines += [f"| {m} | " + " | ".join(f"{v:.3f}" for v in vals) + " |" for m, vals in rows.items()]
+    return "\n".join(lines) + "\n"
+
+
+def table(run_dirs: list[str], out: Path, baselines: list[str], extra: str = "") -> str:
+    runs = load_runs(run_dirs)
+    base = {m: r for m, r in runs.items() if m in baselines}
+    ref = best_method(base) if base else None
+    md, _ = write_comparison(run_dirs, out, reference=ref)
+    if extra:
+        md = md + "\n" + extra
+        write_text_atomic(out / "comparison.md", md)
+    return md
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--parts", nargs="+", default=["kuairand", "movielens", "ablations", "sweep"],
+                    choices=["kuairand", "movielens", "ablations", "sweep"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--kuairand-bundle", default=str(REPO / "bundles" / "kuairand-pure"))
+    ap.add_argument("--movielens-bundle", default=str(REPO / "bundles" / "ml-100k"))
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--no-run", action="store_true", help="only rebuild the tables from finished runs")
+    args = ap.parse_args()
+    results = REPO / "docs" / "results"
+    kr_runs = REPO / "runs" / "baselines-kuairand"
+
+    def grid(configs, seeds, root, bundle) -> list[str]:
+        g = cells(configs, seeds, root, bundle)
+        if args.no_run:
+            return [c.run_dir for c in g if (Path(c.run_dir) / "summary.json").is_file()]
+        return run_grid(g, workers=args.workers)
+
+    if "kuairand" in args.parts:
+        done = grid([TRAIN / f"{m}-kuaisim.yaml" for m in METHODS], args.seeds, kr_runs, args.kuairand_bundle)
+        print(table(done, results / "retention_kuairand", [f"{m}-kuaisim" for m in BASELINES], paper_table("kuairand")))
+    if "movielens" in args.parts:
+        done = grid([TRAIN / "movielens" / f"{m}-movielens.yaml" for m in METHODS], args.seeds,
+                    REPO / "runs" / "movielens-100k", args.movielens_bundle)
+        print(table(done, results / "retention_movielens", [f"{m}-movielens" for m in BASELINES], paper_table("movielens")))
+    if "ablations" in args.parts:
+        for method, variants in (("rlur", ["no-rnd", "no-normalization", "no-groups", "no-soft-regularization"]),
+                                 ("gfn4retention", ["ncd", "nif", "sif"])):
+            configs = [TRAIN / f"{method}-kuaisim.yaml", *(TRAIN / "ablations" / f"{method}-kuaisim-{v}.yaml" for v in variants)]
+            done = grid(configs, args.ablation_seeds, kr_runs, args.kuairand_bundle)
+            print(table(done, results / f"retention_ablations_{method}", [f"{method}-kuaisim"]))
+    if "sweep" in args.parts:
+        base = TRAIN / "gfn4retention-kuaisim.yaml"
+        variants = [(f"gfn4retention-kuaisim-lam{lam:g}", base, {"agent": {"lam": lam}}) for lam in LAMBDAS if lam != 1.0]
+        done = grid([base, *variants], args.ablation_seeds, kr_runs, args.kuairand_bundle)
+        runs = load_runs(done)
+        values = {"gfn4retention-kuaisim": 1.0, **{v[0]: v[2]["agent"]["lam"] for v in variants}}
+        out = results / "retention_lambda_sweep"
+        md = sweep_plot(runs, values, out / "lambda_sweep.png", "lambda")
+        write_text_atomic(out / "lambda_sweep.md", md)
+        print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""RLUR and GFN4Retention: hand-computed losses and formulas, RND novelty, group routing, and the agents'
+contract (shapes, determinism, finite updates, exact state round trip, every ablation switch)."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+
+from retentionrl.agents import gfn4retention, rlur
+from retentionrl.agents.gfn4retention import detailed_balance_loss
+from retentionrl.agents.rlur import normalized_cost
+from retentionrl.errors import RetentionRLError
+from retentionrl.nets.encoders import GroupedMLP
+from retentionrl.nets.rnd import RND
+from retentionrl.nets.state import UserGroups
+from retentionrl.training.buffer import ReplayBuffer
+
+SMALL = {"batch_size": 16, "hidden": [16], "state_dim": 16, "token_dim": 8}
+GROUPED = {"group_feature": "user_active_degree", "groups": [["full_active"], ["high_active"]]}
+BUILDERS = {"rlur": (rlur.build, {**SMALL, **GROUPED}), "gfn4retention": (gfn4retention.build, {**SMALL, "heads": 2})}
+ABLATIONS = {
+    "rlur": [{"rnd": False}, {"normalize": False}, {"group_feature": None, "groups": []}, {"soft_regularization": 0.0}],
+    "gfn4retention": [{"context_module": False}, {"immediate": "none"}, {"immediate": "terminal"}, {"lam": 0.5}],
+}
+
+
+# --- GFN4Retention: the refined detailed-balance loss on a two-step toy trajectory ---------------------------
+def test_detailed_balance_loss_by_hand():
+    """Session s0 -> s1 -> end. Step 0 (inside): log F(s0) = 1.0, P_F(a0|s0) = 0.5, log F(s1) = 0.2, P_B = 0.25,
+    r0 = 0.3. Step 1 (session end, d = 2 so R_ret = 1/2): log F(s1) = 0.2, r1 = 0.4 (not observed by the
+    terminal term), session sum 0.7. lam = 1, b_f = b_b = 1, b_r = 0.6."""
+    args = dict(
+        log_flow=torch.tensor([1.0, 0.2]), log_pf=torch.log(torch.tensor([0.5, 0.9])),
+        log_flow_next=torch.tensor([0.2, 5.0]), p_back=torch.tensor([0.25, 0.9]), reward=torch.tensor([0.3, 0.4]),
+        session_end=torch.tensor([False, True]), retention=torch.tensor([0.0, 0.5]),
+        session_reward=torch.tensor([0.3, 0.7]),
+    )
+    off = dict(lam=1.0, b_f=1.0, b_b=1.0, b_r=0.6)
+    inside = 1.0 + math.log(1.5) - 0.2 - math.log(1.25) - 0.3  # 0.682321
+    end = 0.2 - math.log(1.1)  # 0.104690
+    full = detailed_balance_loss(**args, **off)
+    assert full.tolist() == pytest.approx([inside**2, end**2], abs=1e-6)
+    assert full.tolist() == pytest.approx([0.465562, 0.010960], abs=1e-6)
+    # NIF: no immediate reward anywhere; SIF: the session's rewards only in the terminal target.
+    nif = detailed_balance_loss(**args, **off, immediate="none")
+    assert nif.tolist() == pytest.approx([(inside + 0.3) ** 2, end**2], abs=1e-6)
+    sif = detailed_balance_loss(**args, **off, immediate="terminal")
+    assert sif.tolist() == pytest.approx([(inside + 0.3) ** 2, (end - 0.7) ** 2], abs=1e-6)
+    # lam scales the step reward: lam = 0.5 -> inside + 0.15.
+    half = detailed_balance_loss(**args, **{**off, "lam": 0.5})
+    assert float(half[0]) == pytest.approx((inside + 0.15) ** 2, abs=1e-6)
+
+
+def test_detailed_balance_is_zero_on_consistent_flows():
+    """Flows built to satisfy the balance exactly: F(s1) = R_ret + b_r, F(s0) from the step equation."""
+    pf, pb, r, b = 0.4, 0.7, 0.25, 1.0
+    log_f1 = math.log(1 / 3 + 0.6)
+    log_f0 = log_f1 + math.log(pb + b) + r - math.log(pf + b)
+    loss = detailed_balance_loss(
+        torch.tensor([log_f0, log_f1]), torch.log(torch.tensor([pf, 0.5])), torch.tensor([log_f1, 0.0]),
+        torch.tensor([pb, 0.5]), torch.tensor([r, 0.9]), torch.tensor([False, True]), torch.tensor([0.0, 1 / 3]),
+        torch.tensor([r, r + 0.9]), lam=1.0, b_f=b, b_b=b, b_r=0.6,
+    )
+    assert loss.abs().max() < 1e-10
+
+
+# --- RLUR: normalisation, RND, groups ----------------------------------------------------------------------
+def test_normalized_cost_formula_and_markov_bound():
+    d = torch.tensor([3.0, 3.0, 3.0, 1.0])
+    p = torch.tensor([0.5, 0.1, 0.9, 0.0])
+    # T(s) = max(1, (eta + 1)(1 - p)): 1, 1.8, 1 (clamped), 2
+    assert normalized_cost(d, p, eta=1).tolist() == pytest.approx([3.0, 3 / 1.8, 3.0, 0.5])
+    assert normalized_cost(d, p, eta=2).tolist() == pytest.approx([3 / 1.5, 3 / 2.7, 3.0, 1 / 3])
+    # The denominator is a lower bound of E[d]: geometric return days P(d = k) = q (1 - q)^(k - 1).
+    for q in (0.2, 0.5, 0.8):
+        for eta in (1, 2, 3):
+            p_within = 1 - (1 - q) ** eta
+            assert max(1.0, (eta + 1) * (1 - p_within)) <= 1 / q + 1e-12
+
+
+def test_rnd_bonus_shrinks_on_seen_states_and_stays_high_on_new_ones():
+    torch.manual_seed(0)
+    rnd = RND(8)
+    opt = torch.optim.Adam(rnd.predictor.parameters(), lr=3e-3)
+    seen = torch.randn(32, 8)
+    new = torch.randn(32, 8) + 4.0  # a region never shown to the predictor
+    before_seen, before_new = float(rnd.bonus(seen).mean()), float(rnd.bonus(new).mean())
+    for _ in range(300):
+        opt.zero_grad()
+        rnd.loss(seen).backward()
+        opt.step()
+    after_seen, after_new = float(rnd.bonus(seen).mean()), float(rnd.bonus(new).mean())
+    # Measured (seeds 0-2): seen 0.05-0.08 -> ~5e-6; the new region 0.7-1.2 -> 0.26-0.67.
+    assert after_seen < 0.01 * before_seen
+    assert after_new > 0.1 * before_new and after_new > 1000 * after_seen
+    assert all(not p.requires_grad for p in rnd.target.parameters())  # the target stays random
+
+
+def test_user_groups_route_by_raw_value():
+    feats = {"gender": ["f", "m"], "user_active_degree": ["full_active", "high_active", "low_active"]}
+    groups = UserGroups(feats, "user_active_degree", [["full_active"], ["high_active"]])
+    assert groups.n == 3 and groups.column == 1
+
+    class O:  # only profile_cat and user are read
+        profile_cat = torch.tensor([[1, 0], [1, 1], [2, 2], [1, 3]])
+        user = torch.arange(4)
+
+    assert groups(O).tolist() == [2, 0, 1, 2]  # missing and unlisted values fall in the last group
+    assert UserGroups(feats, None, []).n == 1 and UserGroups(feats, None, [])(O).tolist() == [0, 0, 0, 0]
+    with pytest.raises(RetentionRLError, match="'age' is not a categorical user feature"):
+        UserGroups(feats, "age", [])
+    with pytest.raises(RetentionRLError, match="'hyper_active' is not a value of user feature"):
+        UserGroups(feats, "user_active_degree", [["hyper_active"]])
+
+
+def test_grouped_mlp_equals_one_mlp_per_group():
+    torch.manual_seed(0)
+    net = GroupedMLP([5, 7, 3], groups=3)
+    x, g = torch.randn(6, 5), torch.tensor([0, 2, 1, 2, 0, 1])
+    out = net(x, g)
+    for b in range(6):
+        k = int(g[b])
+        h = torch.relu(x[b] @ net.weights[0][k] + net.biases[0][k])
+        assert torch.allclose(out[b], h @ net.weights[1][k] + net.biases[1][k], atol=1e-6)
+    out.sum().backward()
+    assert net.weights[0].grad[0].abs().sum() > 0  # every group used here receives a gradient
+
+
+# --- both agents on the real (tiny) simulator --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def rollout(tiny_sim):
+    """(obs, batch): a first observation of 8 users and a 32-row batch from a 12-step random rollout (sessions
+    of 5 requests, so the batch holds session ends)."""
+    env = tiny_sim.make_env("kuaisim", n_users=8, users="train", max_sessions=2)
+    obs = first = env.reset(seed=0)
+    buf = ReplayBuffer(128, obs, (7,), seed=0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(12):
+        action = torch.rand(8, 7, generator=gen) * 2 - 1
+        out = env.step(action)
+        buf.add(obs, action, out)
+        obs = out.obs
+    batch = buf.sample(32)
+    assert batch["session_end"].any() and (~batch["session_end"]).any()
+    return first, batch
+
+
+def test_tiny_sim_users_fall_in_several_activity_groups(tiny_sim, rollout):
+    obs, _ = rollout
+    agent = rlur.build(tiny_sim, {**SMALL, **GROUPED}, 0)
+    assert agent.groups.n == 3 and len(set(agent.groups(obs).tolist())) >= 2
+
+
+@pytest.mark.parametrize("algo", BUILDERS)
+def test_act_shapes_bounds_and_determinism(algo, tiny_sim, rollout):
+    obs, _ = rollout
+    build, cfg = BUILDERS[algo]
+    agent = build(tiny_sim, dict(cfg), 0)
+    a = agent.act(obs)
+    assert a.shape == (8, 7) and torch.equal(a, agent.act(obs)) and torch.equal(a, build(tiny_sim, dict(cfg), 0).act(obs))
+    e1, e2 = agent.act(obs, explore=True), agent.act(obs, explore=True)
+    for x in (a, e1, e2):
+        assert torch.isfinite(x).all() and x.abs().max() <= 1.0
+    assert not torch.equal(e1, e2)
+
+
+@pytest.mark.parametrize("algo", BUILDERS)
+def test_updates_are_finite_for_the_method_and_every_ablation(algo, tiny_sim, rollout):
+    _, batch = rollout
+    build, cfg = BUILDERS[algo]
+    for ablation in [{}, *ABLATIONS[algo]]:
+        agent = build(tiny_sim, {**cfg, **ablation}, 0)
+        for _ in range(3):
+            info = agent.update(batch)
+        assert all(math.isfinite(v) for v in info.values()), (ablation, info)
+        assert agent.n_updates == 3
+
+
+def test_rlur_switches_change_what_is_computed(tiny_sim, rollout):
+    _, batch = rollout
+    info = rlur.build(tiny_sim, {**SMALL, **GROUPED}, 0).update(batch)
+    assert info["rnd_bonus"] > 0 and "kl" in info and "rnd_loss" in info
+    info = rlur.build(tiny_sim, {**SMALL, **GROUPED, "rnd": False, "soft_regularization": 0.0}, 0).update(batch)
+    assert info["rnd_bonus"] == 0 and "kl" not in info and "rnd_loss" not in info
+
+
+def test_gfn_loss_decreases_on_a_fixed_batch(tiny_sim, rollout):
+    _, batch = rollout
+    agent = gfn4retention.build(tiny_sim, {**SMALL, "heads": 2, "flow_lr": 1e-3, "forward_lr": 1e-3, "backward_lr": 1e-3}, 0)
+    losses = [agent.update(batch)["db_loss"] for _ in range(60)]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("algo", BUILDERS)
+def test_state_dict_round_trip_resumes_identically(algo, tiny_sim, rollout):
+    obs, batch = rollout
+    build, cfg = BUILDERS[algo]
+    agent = build(tiny_sim, dict(cfg), 0)
+    for _ in range(2):
+        agent.update(batch)
+    agent.act(obs, explore=True)
+    buf = io.BytesIO()
+    torch.save(agent.state_dict(), buf)
+    buf.seek(0)
+    fresh = build(tiny_sim, dict(cfg), 5)
+    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    assert torch.equal(fresh.act(obs), agent.act(obs))
+    assert torch.equal(fresh.act(obs, explore=True), agent.act(obs, explore=True))
+    for _ in range(2):
+        assert fresh.update(batch) == agent.update(batch)
+
+
+def test_bad_agent_config_is_a_clear_error(tiny_sim):
+    with pytest.raises(RetentionRLError, match="eta"):
+        rlur.build(tiny_sim, {"eta": 0}, 0)
+    with pytest.raises(RetentionRLError, match="offsets"):
+        gfn4retention.build(tiny_sim, {"reward_offset": -0.1}, 0)
+    with pytest.raises(Exception, match="immediate"):
+        gfn4retention.build(tiny_sim, {"immediate": "sometimes"}, 0)
