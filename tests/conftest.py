@@ -64,3 +64,20 @@ def tiny_sim(tmp_path_factory):
     cfg = BuildConfig(max_users=1500, response=ResponseConfig(dim=32, epochs=1, window=12))
     path = build_simulator(cfg, progress=False, log=lambda *_: None).save(tmp_path_factory.mktemp("sim") / "bundle")
     return Simulator.load(path)
+
+
+def random_rollout(sim, steps: int, rows: int, n_users: int = 8, seed: int = 0):
+    """(first obs, batch): ``steps`` steps of ``n_users`` training users acting with uniform [-1, 1]^7 weights in
+    the KuaiSim preset (2 sessions of 5 requests), stored in a replay buffer; ``rows`` rows sampled from it."""
+    from retentionrl.training.buffer import ReplayBuffer
+
+    env = sim.make_env("kuaisim", n_users=n_users, users="train", max_sessions=2)
+    obs = first = env.reset(seed=seed)
+    buf = ReplayBuffer(steps * n_users, obs, (7,), seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        action = torch.rand(n_users, 7, generator=gen) * 2 - 1
+        out = env.step(action)
+        buf.add(obs, action, out)
+        obs = out.obs
+    return first, buf.sample(rows)

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from conftest import random_rollout
 
 from retentionrl.agents import gfn4retention, rlur
 from retentionrl.agents.gfn4retention import detailed_balance_loss
@@ -16,7 +17,6 @@ from retentionrl.errors import RetentionRLError
 from retentionrl.nets.encoders import GroupedMLP
 from retentionrl.nets.rnd import RND
 from retentionrl.nets.state import UserGroups
-from retentionrl.training.buffer import ReplayBuffer
 
 SMALL = {"batch_size": 16, "hidden": [16], "state_dim": 16, "token_dim": 8}
 GROUPED = {"group_feature": "user_active_degree", "groups": [["full_active"], ["high_active"]]}
@@ -134,16 +134,7 @@ def test_grouped_mlp_equals_one_mlp_per_group():
 def rollout(tiny_sim):
     """(obs, batch): a first observation of 8 users and a 32-row batch from a 12-step random rollout (sessions
     of 5 requests, so the batch holds session ends)."""
-    env = tiny_sim.make_env("kuaisim", n_users=8, users="train", max_sessions=2)
-    obs = first = env.reset(seed=0)
-    buf = ReplayBuffer(128, obs, (7,), seed=0)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(12):
-        action = torch.rand(8, 7, generator=gen) * 2 - 1
-        out = env.step(action)
-        buf.add(obs, action, out)
-        obs = out.obs
-    batch = buf.sample(32)
+    first, batch = random_rollout(tiny_sim, steps=12, rows=32)
     assert batch["session_end"].any() and (~batch["session_end"]).any()
     return first, batch
 

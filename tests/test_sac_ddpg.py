@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
+from conftest import random_rollout
+
 from retentionrl.agents import ddpg, sac
-from retentionrl.training.buffer import ReplayBuffer
 
 SMALL = {"batch_size": 16, "hidden": [16], "state_dim": 16, "token_dim": 8}
 BUILDERS = {"sac": sac.build, "ddpg": ddpg.build}
@@ -19,16 +20,7 @@ EVAL = {"n_users": 16, "n_episodes": 16, "seeds": [101, 102]}
 @pytest.fixture(scope="module")
 def rollout(tiny_sim):
     """(obs, batch): a first observation of 8 users and a 16-row batch from a 6-step random rollout."""
-    env = tiny_sim.make_env("kuaisim", n_users=8, users="train", max_sessions=2)
-    obs = first = env.reset(seed=0)
-    buf = ReplayBuffer(64, obs, (7,), seed=0)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(6):
-        action = torch.rand(8, 7, generator=gen) * 2 - 1
-        out = env.step(action)
-        buf.add(obs, action, out)
-        obs = out.obs
-    return first, buf.sample(16)
+    return random_rollout(tiny_sim, steps=6, rows=16)
 
 
 @pytest.mark.parametrize("algo", BUILDERS)
