@@ -97,6 +97,20 @@ def test_rnd_bonus_shrinks_on_seen_states_and_stays_high_on_new_ones():
     assert after_seen < 0.01 * before_seen
     assert after_new > 0.1 * before_new and after_new > 1000 * after_seen
     assert all(not p.requires_grad for p in rnd.target.parameters())  # the target stays random
+    # The scaled bonus divides by the running mean error of the training batches: ~1 on the states it is
+    # trained on, a large multiple on novel ones, whatever the networks' raw scale.
+    assert 0.3 < float(rnd.scaled_bonus(seen).mean()) < 3.0
+    assert float(rnd.scaled_bonus(new).mean()) > 100
+
+
+def test_rnd_scale_is_saved_and_restored():
+    torch.manual_seed(0)
+    rnd = RND(4)
+    rnd.loss(torch.randn(8, 4))
+    other = RND(4)
+    other.load_state_dict(rnd.state_dict())
+    x = torch.randn(5, 4)
+    assert float(rnd.scale) > 0 and torch.equal(other.scaled_bonus(x), rnd.scaled_bonus(x))
 
 
 def test_user_groups_route_by_raw_value():

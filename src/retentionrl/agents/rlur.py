@@ -6,8 +6,8 @@ is the fusion-weight vector, drawn from a squashed Gaussian actor. Five parts, e
 1. **Retention critic** ``Q_T`` (twin): TD on the returning time ``d``, a cost earned at the session's last
    request. Discounted once per session (``gamma_T`` at a session end, 1 inside a session), because the cost is
    time *between* sessions.
-2. **Immediate critic** ``Q_I``: TD on the heuristic immediate reward plus an RND intrinsic bonus
-   (``rnd: false`` drops the bonus), discounted per request.
+2. **Immediate critic** ``Q_I``: TD on the heuristic immediate reward plus an RND intrinsic bonus (scaled by its
+   running mean, so ~1 on a typical state; ``rnd: false`` drops it), discounted per request.
 3. **Normalisation** (uncertainty): a classifier ``p(s) = P(d <= eta | s)`` is learned on session ends; by
    Markov's inequality ``E[d] >= (eta + 1) * P(d >= eta + 1) = (eta + 1)(1 - p(s))`` and ``d >= 1``, so the
    cost is divided by ``T(s) = max(1, (eta + 1)(1 - p(s)))`` — a lower bound of the user's expected return time.
@@ -21,7 +21,7 @@ and ``a~`` a reparameterised sample of the actor at ``s``::
 
     c_T    = d / T(s) at a session end, else 0                       (N,)  [d without normalisation]
     y_T    = c_T + gamma_T^{end} * max_i Q'_Ti(s', a')               (N,)  max: pessimistic for a cost
-    y_I    = r + beta * RND(s) + gamma_I * Q'_I(s', a')               (N,)
+    y_I    = r + beta * RND(s) / scale + gamma_I * Q'_I(s', a')       (N,)
     L_crit = sum_i mean(Q_Ti(s, a) - y_T)^2 + mean(Q_I(s, a) - y_I)^2 + BCE(p(s), 1[d <= eta]) over session ends
     L_act  = mean(w_T * Q_T1(s, a~) - w_I * Q_I(s, a~)) + kappa * mean KL(pi(.|s) || pi'(.|s))
 
@@ -44,6 +44,7 @@ from retentionrl.agents.base import Agent, TorchAgent
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.actor_critic import (
     AgentSpec,
+    NetConfig,
     encoder,
     gaussian_kl,
     gradient_step,
@@ -57,20 +58,13 @@ from retentionrl.simulator.env import Obs
 
 
 @dataclass
-class RLURConfig:
+class RLURConfig(NetConfig):
     retention_gamma: float = 0.9  # per session
     immediate_gamma: float = 0.9  # per request
-    tau: float = 0.005
-    actor_lr: float = 1e-4
-    critic_lr: float = 1e-3
-    batch_size: int = 128
-    hidden: list[int] = field(default_factory=lambda: [128, 32])
-    state_dim: int = 64
-    token_dim: int = 32
     retention_weight: float = 1.0  # w_T
     immediate_weight: float = 0.1  # w_I
     rnd: bool = True
-    rnd_weight: float = 1.0  # beta
+    rnd_weight: float = 0.1  # beta, on the RND bonus scaled to ~1 for a typical state
     rnd_lr: float = 1e-3
     normalize: bool = True
     eta: int = 1  # "returns within eta days" for the classifier
@@ -162,7 +156,7 @@ class RLUR(TorchAgent):
         z = self.critic.enc(obs)  # (N, S)
         p_logit = self.critic.p_within(z, g).squeeze(1)  # (N,)
         cost = normalized_cost(day, torch.sigmoid(p_logit.detach()), cfg.eta) if cfg.normalize else day
-        bonus = self.rnd.bonus(self.novelty(obs)) if cfg.rnd else torch.zeros_like(day)
+        bonus = self.rnd.scaled_bonus(self.novelty(obs)) if cfg.rnd else torch.zeros_like(day)
         with torch.no_grad():
             a2, _ = squashed_sample(*self.actor_t(nxt, g2), self.gen)
             qt1, qt2, qi = self.critic_t.q(self.critic_t.enc(nxt), a2, g2)

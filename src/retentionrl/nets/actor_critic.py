@@ -50,10 +50,10 @@ class AgentSpec:
 
 
 @dataclass
-class ActorCriticConfig:
-    """Hyper-parameters every actor-critic method shares (defaults: KuaiSim's cross-session TD3 script)."""
+class NetConfig:
+    """Optimisation and network sizes every actor-critic method shares (defaults: KuaiSim's cross-session TD3
+    script): Polyak rate, learning rates, batch, MLP widths, state and history-token widths."""
 
-    gamma: float = 0.9
     tau: float = 0.005
     actor_lr: float = 1e-4
     critic_lr: float = 1e-3
@@ -61,6 +61,13 @@ class ActorCriticConfig:
     hidden: list[int] = field(default_factory=lambda: [128, 32])
     state_dim: int = 64
     token_dim: int = 32
+
+
+@dataclass
+class ActorCriticConfig(NetConfig):
+    """TD3 / DDPG / SAC: one discount and one reward mix."""
+
+    gamma: float = 0.9
     retention_weight: float = 1.0
     immediate_weight: float = 0.0
     terminal: Literal["none", "session", "episode"] = "none"
