@@ -66,7 +66,7 @@ class DDPG(TorchAgent):
         with torch.no_grad():
             target = r + cfg.gamma * (1 - done) * self.q_t(nxt, self.actor_t(nxt))  # (N,)
         critic_loss, q = critic_step([self.q], self.critic_opt, obs, batch["action"], target)
-        actor_loss = gradient_step(self.actor_opt, -self.q(obs, self.actor(obs)).mean())
+        actor_loss = gradient_step(self.actor_opt, -self.q.for_actor(obs, self.actor(obs)).mean())
         for net, tgt in ((self.actor, self.actor_t), (self.q, self.q_t)):
             soft_update(net, tgt, cfg.tau)
         self.n_updates += 1

@@ -90,7 +90,7 @@ class SAC(TorchAgent):
         critic_loss, q1 = critic_step([self.q1, self.q2], self.critic_opt, obs, batch["action"], target)
 
         pi, logp = self.actor.sample(obs, self.gen)
-        actor_loss = gradient_step(self.actor_opt, (alpha * logp - torch.min(self.q1(obs, pi), self.q2(obs, pi))).mean())
+        actor_loss = gradient_step(self.actor_opt, (alpha * logp - torch.min(self.q1.for_actor(obs, pi), self.q2.for_actor(obs, pi))).mean())
         info = {"critic_loss": critic_loss, "actor_loss": actor_loss, "q": float(q1.mean()),
                 "entropy": float(-logp.detach().mean())}
         if self.alpha_opt is not None:

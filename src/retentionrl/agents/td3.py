@@ -66,7 +66,7 @@ class TD3(TorchAgent):
         self.n_updates += 1
         info = {"critic_loss": critic_loss, "q": float(q1.mean())}
         if self.n_updates % cfg.policy_delay == 0:
-            info["actor_loss"] = gradient_step(self.actor_opt, -self.q1(obs, self.actor(obs)).mean())
+            info["actor_loss"] = gradient_step(self.actor_opt, -self.q1.for_actor(obs, self.actor(obs)).mean())
             for net, tgt in ((self.actor, self.actor_t), (self.q1, self.q1_t), (self.q2, self.q2_t)):
                 soft_update(net, tgt, cfg.tau)
         return info

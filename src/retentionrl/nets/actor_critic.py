@@ -184,6 +184,14 @@ class Critic(nn.Module):
     def forward(self, obs: Obs, action: Tensor) -> Tensor:
         return self.net(torch.cat([self.enc(obs), action], dim=1)).squeeze(1)
 
+    def for_actor(self, obs: Obs, action: Tensor) -> Tensor:
+        """Q(s, a) (B,) for an actor loss: the same value as ``forward``, but the state encoder runs without
+        autograd. The actor step only needs dQ/da; the critic's own gradients from it were discarded anyway
+        (its optimiser zeroes them first), so the numbers are unchanged and two encoder backward passes saved."""
+        with torch.no_grad():
+            z = self.enc(obs)
+        return self.net(torch.cat([z, action], dim=1)).squeeze(1)
+
 
 def gradient_step(opt: torch.optim.Optimizer, loss: Tensor) -> float:
     """One optimiser step on ``loss``; returns its value."""
