@@ -147,3 +147,30 @@ def test_din_reaches_the_known_best_click_rate_of_the_synthetic_simulator():
     best = float(item_probabilities(sim)[:, 0].topk(6).values.mean())
     assert best - random > 0.1
     assert (greedy - random) / (best - random) >= 0.5, (greedy, random, best)
+
+
+def test_bc_of_the_known_best_policy_beats_random_on_the_synthetic_simulator():
+    """Known optimum for BC: cloning logs of the best fusion weights (with noise, so the logged actions vary)
+    must close at least half of the random -> optimum gap in expected immediate reward."""
+    from retentionrl.simulator.synthetic import (
+        best_expected_reward, expected_reward_of_weights, make_synthetic_simulator, optimal_fusion_weights,
+    )
+
+    sim = make_synthetic_simulator(n_users=64, n_items=300, seed=0)
+    a_star = optimal_fusion_weights(sim)
+
+    class NoisyExpert(FixedWeightsAgent):
+        gen = torch.Generator().manual_seed(0)
+
+        def act(self, obs, explore=False):
+            return (super().act(obs) + 0.2 * torch.randn(obs.user.shape[0], 7, generator=self.gen)).clamp(-1, 1)
+
+    logs = generate_logs(sim, NoisyExpert(a_star.tolist()), "kuaisim", n_users=32, steps=10, seed=0, env=ENV)
+    agent = bc_mod.build(sim, {"hidden": [32], "state_dim": 16, "token_dim": 8, "batch_size": 64, "lr": 3e-3}, seed=0)
+    _fit(agent, logs, epochs=20, batch_size=64)
+    obs = obs_from_batch(generate_logs(sim, RandomAgent(seed=1), "kuaisim", n_users=16, steps=2, seed=9, env=ENV))
+    cloned = float(torch.tensor([expected_reward_of_weights(sim, a) for a in agent.act(obs)]).mean())
+    g = torch.Generator().manual_seed(0)
+    random = float(torch.tensor([expected_reward_of_weights(sim, torch.rand(7, generator=g)) for _ in range(64)]).mean())
+    best = best_expected_reward(sim)
+    assert (cloned - random) / (best - random) >= 0.5, (cloned, random, best)
