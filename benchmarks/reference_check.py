@@ -50,7 +50,6 @@ import json
 import math
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +61,7 @@ import torch
 import yaml
 
 from retentionrl.agents.base import Agent
+from retentionrl.bench.grid import run_parallel
 from retentionrl.evaluation.stats import mean_ci, welch_t_test
 from retentionrl.simulator.env import Obs
 from retentionrl.simulator.gym import FlatLayout, flat_features
@@ -289,17 +289,10 @@ def _run_cell_star(args: tuple[Cell, int | None]) -> str:
 def run_grid(grid: list[Cell], workers: int = 1, checkpoint_every: int | None = None, log=print) -> None:
     todo = [c for c in grid if not c.finished()]
     log(f"[reference-check] {len(grid)} cells, {len(grid) - len(todo)} already finished, {len(todo)} to run")
-    if workers <= 1:
-        for i, c in enumerate(todo, 1):
-            log(f"[reference-check] {i}/{len(todo)}: {c.algo}-{c.impl} seed {c.seed}")
-            log("  " + _run_cell_star((c, checkpoint_every)))
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            for msg in pool.map(_run_cell_star, [(c, checkpoint_every) for c in todo]):
-                log("  " + msg)
+    for msg in run_parallel(_run_cell_star, [(c, checkpoint_every) for c in todo], workers):
+        log("  " + msg)
 
 
-# --- report ------------------------------------------------------------------------------------------------------
 def _fmt(ci: dict[str, Any], digits: int = 4) -> str:
     if ci["half_width"] is None:
         return f"{ci['mean']:.{digits}f}"

@@ -24,7 +24,6 @@ from pathlib import Path
 
 from retentionrl.bench.grid import cells, run_grid
 from retentionrl.bench.report import (
-    best_method,
     load_runs,
     sweep_plot,
     write_comparison,
@@ -57,10 +56,7 @@ def paper_table(dataset: str) -> str:
 
 
 def table(run_dirs: list[str], out: Path, baselines: list[str], extra: str = "") -> str:
-    runs = load_runs(run_dirs)
-    base = {m: r for m, r in runs.items() if m in baselines}
-    ref = best_method(base) if base else None
-    md, _ = write_comparison(run_dirs, out, reference=ref)
+    md, _ = write_comparison(run_dirs, out, reference_among=baselines)
     if extra:
         md = md + "\n" + extra
         write_text_atomic(out / "comparison.md", md)

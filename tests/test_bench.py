@@ -44,3 +44,35 @@ def test_compare_rejects_unfinished_or_foreign_dirs(tmp_path, capsys):
     (tmp_path / "x").mkdir()
     assert main(["compare", str(tmp_path / "x")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_grid_variants_sweep_plot_and_reference_among_baselines(tiny_sim, tmp_path):
+    """A (label, config, overrides) variant runs its own overrides; the sweep plot and its table come from the
+    finished runs; the t-test reference can be restricted to the baselines."""
+    from retentionrl.bench.report import sweep_plot, write_comparison
+
+    bundle = str(tiny_sim.save(tmp_path / "bundle"))
+    fixed, rand = _configs(tmp_path)
+    variants = [(f"fixed-w{w:g}", fixed, {"agent": {"weights": [w, 0, 0, 0, 0, 0, 0]}}) for w in (0.5, -1.0)]
+    done = run_grid(cells([*variants, rand], [0, 1], tmp_path / "runs", bundle), log=lambda *_: None)
+    runs = load_runs(done)
+    assert set(runs) == {"fixed-w0.5", "fixed-w-1", "rand"}
+    cfg = yaml.safe_load((tmp_path / "runs" / "fixed-w-1" / "seed0" / "config.yaml").read_text())
+    assert cfg["agent"]["weights"][0] == -1.0 and cfg["label"] == "fixed-w-1"
+    # Ranking against clicks (w = -1) shows fewer clicks than ranking by them (w = 0.5).
+    assert runs["fixed-w-1"][0]["eval"]["click_rate"] < runs["fixed-w0.5"][0]["eval"]["click_rate"]
+
+    md = sweep_plot(runs, {"fixed-w0.5": 0.5, "fixed-w-1": -1.0}, tmp_path / "sweep.png", "w")
+    assert (tmp_path / "sweep.png").is_file()
+    rows = [line for line in md.splitlines() if line.startswith("| -1 |") or line.startswith("| 0.5 |")]
+    assert [r.split(" | ")[0] for r in rows] == ["| -1", "| 0.5"]  # sorted by the swept value
+
+    _, ref = write_comparison(done, tmp_path / "cmp", reference_among=["fixed-w-1"])
+    assert ref == "fixed-w-1"  # the only "baseline", although it is not the best method
+
+
+def test_run_parallel_keeps_order_in_worker_processes():
+    from retentionrl.bench.grid import run_parallel
+
+    assert list(run_parallel(abs, [-3, 2, -1], workers=2)) == [3, 2, 1]
+    assert list(run_parallel(abs, [-3, 2, -1], workers=1)) == [3, 2, 1]

@@ -76,3 +76,22 @@ def test_empty_history_state_is_the_user_token():
         cache = net.init_cache(user, torch.zeros(2, 4, 8), torch.zeros(2, 4, 8), torch.ones(2, 4, dtype=torch.bool))
         alone = net(user, torch.zeros(2, 0, 8), torch.zeros(2, 0, 8))[:, 0]
     assert torch.allclose(cache.state, alone, atol=1e-6)
+
+
+def test_critic_for_actor_has_forward_values_and_action_gradients(tiny_sim):
+    """The actor losses call Critic.for_actor: same Q values and same dQ/da as forward, no encoder gradients."""
+    from retentionrl.nets.actor_critic import AgentSpec, Critic
+
+    torch.manual_seed(0)
+    env = tiny_sim.make_env("kuaisim", n_users=4)
+    obs = env.reset(seed=0)
+    critic = Critic(AgentSpec.from_simulator(tiny_sim), 16, 8, [16])
+    grads, action = [], torch.rand(4, 7)
+    for fn in (critic.forward, critic.for_actor):
+        a = action.clone().requires_grad_(True)
+        critic.zero_grad(set_to_none=True)
+        q = fn(obs, a)
+        q.sum().backward()
+        grads.append((q.detach(), a.grad.clone(), [p.grad for p in critic.enc.parameters()]))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.allclose(grads[0][1], grads[1][1])
+    assert any(g is not None for g in grads[0][2]) and all(g is None for g in grads[1][2])

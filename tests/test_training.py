@@ -122,3 +122,11 @@ def test_typo_in_train_config_is_an_error():
 
     with pytest.raises(ConfigError, match="unknown key 'total_step'"):
         from_dict(TrainConfig, {"total_step": 10})
+
+
+def test_config_extends_must_name_a_file(tmp_path):
+    from retentionrl.config import ConfigError, load_config
+
+    (tmp_path / "bad.yaml").write_text("extends: [a.yaml]\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: 'extends' must be a file name"):
+        load_config(tmp_path / "bad.yaml")

@@ -123,10 +123,10 @@ def load_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
         return data
     if not isinstance(parent, str):
         raise ConfigError(f"{path}: 'extends' must be a file name, got {parent!r}")
-    base_path = (path.parent / parent).resolve()
-    if base_path in _seen or base_path == path.resolve():
+    seen, base_path = (*_seen, path.resolve()), (path.parent / parent).resolve()
+    if base_path in seen:
         raise ConfigError(f"{path}: 'extends' forms a cycle through {base_path.name}")
-    return merge(load_config(base_path, (*_seen, path.resolve())), data)
+    return merge(load_config(base_path, seen), data)
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,13 @@ from torch import Tensor, nn
 
 from retentionrl.agents.base import Agent, TorchAgent
 from retentionrl.errors import RetentionRLError
-from retentionrl.nets.actor_critic import AgentSpec, gradient_step, squashed_sample
+from retentionrl.nets.actor_critic import (
+    AgentSpec,
+    gaussian_head,
+    gaussian_log_density,
+    gradient_step,
+    squashed_sample,
+)
 from retentionrl.nets.encoders import mlp
 from retentionrl.nets.state import ContextDetector, StateEncoder
 from retentionrl.simulator.env import Obs
@@ -82,8 +88,6 @@ def detailed_balance_loss(
 class GFNNets(nn.Module):
     """State ``z = [StateEncoder, ContextDetector]`` (N, Z); heads: policy (mu, log-std), log-flow, backward."""
 
-    LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
-
     def __init__(self, spec: AgentSpec, cfg: GFN4RetentionConfig) -> None:
         super().__init__()
         A = spec.n_behaviours
@@ -101,14 +105,12 @@ class GFNNets(nn.Module):
         return z if self.ctx is None else torch.cat([z, self.ctx(obs)], 1)
 
     def pi(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        mu, log_std = self.policy(z).chunk(2, dim=1)
-        return mu, log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
+        return gaussian_head(self.policy(z))
 
 
 def per_dim_log_density(mu: Tensor, log_std: Tensor, action: Tensor, eps: float = 1e-6) -> Tensor:
     """Mean over dimensions of log N(atanh(a); mu, sigma): (N, A) -> (N,). See the module docstring."""
-    u = torch.atanh(action.clamp(-1 + eps, 1 - eps))
-    return (-0.5 * ((u - mu) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).mean(1)
+    return gaussian_log_density(torch.atanh(action.clamp(-1 + eps, 1 - eps)), mu, log_std).mean(1)
 
 
 class GFN4Retention(TorchAgent):

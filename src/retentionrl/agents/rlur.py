@@ -46,6 +46,7 @@ from retentionrl.nets.actor_critic import (
     AgentSpec,
     NetConfig,
     encoder,
+    gaussian_head,
     gaussian_kl,
     gradient_step,
     soft_update,
@@ -81,16 +82,13 @@ def normalized_cost(day: Tensor, p_within: Tensor, eta: int) -> Tensor:
 class GroupedGaussianActor(nn.Module):
     """Obs, group (B,) -> mean and log-std (B, 7) of the pre-squash Gaussian, one head per group."""
 
-    LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
-
     def __init__(self, spec: AgentSpec, cfg: RLURConfig, groups: int) -> None:
         super().__init__()
         self.enc = encoder(spec, cfg.state_dim, cfg.token_dim)
         self.head = GroupedMLP([cfg.state_dim, *cfg.hidden, 2 * spec.n_behaviours], groups)
 
     def forward(self, obs: Obs, group: Tensor) -> tuple[Tensor, Tensor]:
-        mu, log_std = self.head(self.enc(obs), group).chunk(2, dim=1)
-        return mu, log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
+        return gaussian_head(self.head(self.enc(obs), group))
 
 
 class RLURCritic(nn.Module):

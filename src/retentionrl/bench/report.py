@@ -117,8 +117,15 @@ def training_curves(runs: dict[str, list[dict[str, Any]]], path: Path, metric: s
     plt.close(fig)
 
 
-def write_comparison(run_dirs: list[str | Path], out: str | Path, reference: str | None = None) -> tuple[str, str]:
+def write_comparison(run_dirs: list[str | Path], out: str | Path, reference: str | None = None,
+                     reference_among: list[str] | None = None) -> tuple[str, str]:
+    """Write comparison.md / .csv / training_curves.png under ``out``; returns (markdown, reference). Without a
+    ``reference``, the best method by return time is used, among ``reference_among`` when given (e.g. the
+    baselines, so a new method is tested against the best baseline)."""
     runs = load_runs(run_dirs)
+    if reference is None and reference_among:
+        among = {m: r for m, r in runs.items() if m in reference_among}
+        reference = best_method(among) if among else None
     md, table_csv, ref = comparison_table(runs, reference)
     out = Path(out)
     write_text_atomic(out / "comparison.md", md)

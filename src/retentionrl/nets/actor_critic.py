@@ -123,10 +123,17 @@ class DeterministicActor(nn.Module):
         return self.net(self.enc(obs))  # (B, 7)
 
 
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # bounds of every Gaussian policy's log-std
+
+
+def gaussian_head(out: Tensor) -> tuple[Tensor, Tensor]:
+    """Split a (B, 2A) network output into the mean and the clamped log-std (B, A) of a Gaussian policy."""
+    mu, log_std = out.chunk(2, dim=1)
+    return mu, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+
 class GaussianActor(nn.Module):
     """Squashed Gaussian policy a = tanh(u), u ~ N(mu(s), sigma(s)) (SAC; RLUR and GFN4Retention build on it)."""
-
-    LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
     def __init__(self, spec: AgentSpec, state_dim: int, token_dim: int, hidden: list[int],
                  kind: EncoderKind = "transformer") -> None:
@@ -140,7 +147,7 @@ class GaussianActor(nn.Module):
     def forward(self, obs: Obs) -> tuple[Tensor, Tensor]:
         """(B, 7) mean and log-std of the pre-squash Gaussian."""
         h = torch.relu(self.trunk(self.enc(obs)))
-        return self.mu(h), self.log_std(h).clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
+        return self.mu(h), self.log_std(h).clamp(LOG_STD_MIN, LOG_STD_MAX)
 
     def sample(self, obs: Obs, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Reparameterised action (B, 7) and its log-probability (B,) with the tanh correction."""
@@ -153,16 +160,14 @@ def squashed_sample(mu: Tensor, log_std: Tensor, generator: torch.Generator | No
     return torch.tanh(u), _squashed_logp(u, mu, log_std)
 
 
-def squashed_log_prob(mu: Tensor, log_std: Tensor, action: Tensor, eps: float = 1e-6) -> Tensor:
-    """log pi(a | s) (B,) of a given squashed action a (B, A) in (-1, 1) under tanh(N(mu, sigma^2))."""
-    a = action.clamp(-1 + eps, 1 - eps)
-    return _squashed_logp(torch.atanh(a), mu, log_std)
+def gaussian_log_density(u: Tensor, mu: Tensor, log_std: Tensor) -> Tensor:
+    """Per-dimension log N(u; mu, sigma^2), all (B, A) -> (B, A)."""
+    return -0.5 * ((u - mu) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
 
 
 def _squashed_logp(u: Tensor, mu: Tensor, log_std: Tensor) -> Tensor:
     """Density of a = tanh(u): N(u; mu, sigma) / prod(1 - a^2) -> (B,)."""
-    logp = (-0.5 * ((u - mu) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(1)
-    return logp - torch.log(1 - torch.tanh(u).pow(2) + 1e-6).sum(1)
+    return gaussian_log_density(u, mu, log_std).sum(1) - torch.log(1 - torch.tanh(u).pow(2) + 1e-6).sum(1)
 
 
 def gaussian_kl(mu: Tensor, log_std: Tensor, mu_ref: Tensor, log_std_ref: Tensor) -> Tensor:

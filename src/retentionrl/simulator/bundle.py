@@ -54,6 +54,7 @@ class Simulator:
         self.reward_weights: list[float] = list(meta["reward_weights"])
         self.watch_sigma = float(meta["watch_sigma"])
         self.max_return_day = int(meta["max_return_day"])
+        self._state_weights: dict[int, Tensor] = {}  # random_state return terms by seed (computed once)
 
     # --- pieces the environment asks for -------------------------------------------------------------------
     def user_pool(self, which: str) -> Tensor:
@@ -114,12 +115,14 @@ class Simulator:
     def _random_state_weights(self, seed: int, n: int = 2048) -> Tensor:
         """(D_state,) a seeded random direction, scaled so that ``state @ w`` over (up to) n users' logged
         initial states has the same standard deviation as the fitted personal term."""
-        g = torch.Generator().manual_seed(seed)
-        w = torch.randn(self.response.cfg.dim, generator=g)
-        users = torch.randperm(self.n_users, generator=g)[:n]
-        state = self.response.init_cache(users, self.init_items[users], self.init_resp[users], self.init_pad[users]).state
-        spread = (state @ w).std().clamp(min=1e-6)
-        return w * (self.personal.std() / spread)
+        if seed not in self._state_weights:  # every env (and every evaluation seed) asks for it
+            g = torch.Generator().manual_seed(seed)
+            w = torch.randn(self.response.cfg.dim, generator=g)
+            users = torch.randperm(self.n_users, generator=g)[:n]
+            state = self.response.init_cache(users, self.init_items[users], self.init_resp[users],
+                                             self.init_pad[users]).state
+            self._state_weights[seed] = w * (self.personal.std() / (state @ w).std().clamp(min=1e-6))
+        return self._state_weights[seed]
 
     def make_env(self, cfg: EnvConfig | str = "kuaisim", **overrides) -> RetentionEnv:
         if isinstance(cfg, str):
