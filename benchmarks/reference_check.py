@@ -189,6 +189,7 @@ def sb3_model(s: dict[str, Any], seed: int, sim):
     """The SB3 model of a cell on a DummyVecEnv of ``n_users`` RetentionGymEnv copies (env i seeded
     ``seed * n_users + i``, so no two cells or rows share a user stream)."""
     from stable_baselines3 import SAC, TD3
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.noise import NormalActionNoise
     from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -208,6 +209,7 @@ def sb3_model(s: dict[str, Any], seed: int, sim):
         ent = f"auto_{s['alpha']}" if s["autotune"] else s["alpha"]
         model = SAC("MlpPolicy", venv, ent_coef=ent, target_entropy=s["target_entropy"], **common)
     venv.seed(seed * B)  # replaces the seeds SB3 set (seed + i) for the first reset
+    model.set_logger(Logger(folder=None, output_formats=[]))  # else learn() leaves an empty /tmp/SB3-<time> dir
     return model
 
 

@@ -194,9 +194,11 @@ def test_bad_actions(tiny_sim):
 
 def test_td3_short_run(tiny_sim):
     from stable_baselines3 import TD3
+    from stable_baselines3.common.logger import Logger
 
     env = RetentionGymEnv(tiny_sim)
     model = TD3("MlpPolicy", env, learning_starts=50, seed=0, policy_kwargs=dict(net_arch=[32, 32]), device="cpu")
+    model.set_logger(Logger(folder=None, output_formats=[]))  # no /tmp/SB3-<time> folder per run
     model.learn(300)
     obs, _ = env.reset(seed=0)
     action, _ = model.predict(obs, deterministic=True)

@@ -123,7 +123,12 @@ def test_unknown_encoder_is_rejected(tiny_sim):
 
 
 @pytest.mark.parametrize("algo", ["td3", "sac"])
-def test_benchmark_cells_smoke(algo, rc, tiny_sim, tmp_path):
+def test_benchmark_cells_smoke(algo, rc, tiny_sim, tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where SB3's default logger would write
     ev = {"n_users": 4, "n_episodes": 4, "seeds": [1, 2], "users": "test"}
     s = rc.settings_for(algo, "tiny", steps=5, n_users=4, warmup=2, batch_size=8, eval=ev)
     assert (s["gamma"], s["batch_size"], s["lr"]) == (0.9, 8, 1e-3)
@@ -135,6 +140,7 @@ def test_benchmark_cells_smoke(algo, rc, tiny_sim, tmp_path):
             assert math.isfinite(r["eval"][key])
         assert math.isfinite(r["train_seconds"]) and r["train_seconds"] >= 0
     assert ours["params"] == sb3["params"]  # same networks
+    assert list(scratch.iterdir()) == []  # SB3 left no logger folder behind
 
 
 def test_grid_skips_finished_cells_and_reports(rc, tmp_path):
