@@ -11,6 +11,10 @@ sittings — rerun the same command):
 * ``movielens``: the same six on ``bundles/ml-100k`` -> ``runs/movielens-100k``.
 * ``ablations``: RLUR w/o RND / normalisation / groups / soft regularisation; GFN4Retention NCD / NIF / SIF.
 * ``sweep``: GFN4Retention's balance lambda in {0.5, 0.7, 0.9, 1.0, 1.1, 1.3, 1.5}.
+* ``random-state``: TD3, RLUR, GFN4Retention, ranking and random with KuaiSim's kind of return model — the
+  personal term an untrained random linear map of the end-of-session state (``personal: random_state``) — to
+  measure how much a policy can move return time when the return law depends on the state it shapes. t-tests
+  against random.
 
 Writes ``docs/results/retention_<part>/`` (comparison.md / .csv, training curves, sweep plot). t-tests are
 against the best *baseline* (by return time), as in the papers. Build the bundles first with
@@ -35,6 +39,7 @@ TRAIN = REPO / "configs" / "train"
 BASELINES = ["td3", "sac", "din", "cem"]
 METHODS = [*BASELINES, "rlur", "gfn4retention"]
 LAMBDAS = [0.5, 0.7, 0.9, 1.0, 1.1, 1.3, 1.5]
+RANDOM_STATE = ["td3", "rlur", "gfn4retention", "ranking", "random"]
 # GFN4Retention, Table 2 (last-1000-training-episodes protocol, KuaiSim, 100k steps).
 PAPER = {
     "kuairand": {"return_time": [2.382, 2.373, 1.947, 1.889, 1.786, 1.496], "retention": [0.151, 0.150, 0.154, 0.156, 0.159, 0.163],
@@ -65,8 +70,8 @@ def table(run_dirs: list[str], out: Path, baselines: list[str], extra: str = "")
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--parts", nargs="+", default=["kuairand", "movielens", "ablations", "sweep"],
-                    choices=["kuairand", "movielens", "ablations", "sweep"])
+    ap.add_argument("--parts", nargs="+", default=["kuairand", "movielens", "ablations", "sweep", "random-state"],
+                    choices=["kuairand", "movielens", "ablations", "sweep", "random-state"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--kuairand-bundle", default=str(REPO / "bundles" / "kuairand-pure"))
@@ -106,6 +111,11 @@ def main() -> None:
         md = sweep_plot(runs, values, out / "lambda_sweep.png", "lambda")
         write_text_atomic(out / "lambda_sweep.md", md)
         print(md)
+    if "random-state" in args.parts:
+        over = {"env": {"returns": {"personal": "random_state"}}}
+        variants = [(f"{m}-kuaisim-random-state", TRAIN / f"{m}-kuaisim.yaml", over) for m in RANDOM_STATE]
+        done = grid(variants, args.ablation_seeds, kr_runs, args.kuairand_bundle)
+        print(table(done, results / "retention_random_state", ["random-kuaisim-random-state"]))
 
 
 if __name__ == "__main__":

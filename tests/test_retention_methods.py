@@ -44,11 +44,12 @@ def test_detailed_balance_loss_by_hand():
     full = detailed_balance_loss(**args, **off)
     assert full.tolist() == pytest.approx([inside**2, end**2], abs=1e-6)
     assert full.tolist() == pytest.approx([0.465562, 0.010960], abs=1e-6)
-    # NIF: no immediate reward anywhere; SIF: the session's rewards only in the terminal target.
+    # NIF: no immediate reward anywhere; SIF: the session's rewards before the last request (0.7 - 0.4 = r0) only
+    # in the terminal target, so SIF and the full model integrate the same rewards.
     nif = detailed_balance_loss(**args, **off, immediate="none")
     assert nif.tolist() == pytest.approx([(inside + 0.3) ** 2, end**2], abs=1e-6)
     sif = detailed_balance_loss(**args, **off, immediate="terminal")
-    assert sif.tolist() == pytest.approx([(inside + 0.3) ** 2, (end - 0.7) ** 2], abs=1e-6)
+    assert sif.tolist() == pytest.approx([(inside + 0.3) ** 2, (end - 0.3) ** 2], abs=1e-6)
     # lam scales the step reward: lam = 0.5 -> inside + 0.15.
     half = detailed_balance_loss(**args, **{**off, "lam": 0.5})
     assert float(half[0]) == pytest.approx((inside + 0.15) ** 2, abs=1e-6)

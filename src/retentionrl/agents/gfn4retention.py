@@ -14,7 +14,8 @@ The loss is the batch mean; one Adam step updates the policy (with the shared st
 backward network at their own learning rates. The state is ``[StateEncoder(obs), ContextDetector(obs)]``: the
 transformer over the history plus the DNN context-detecting module (``context_module: false`` is the paper's
 NCD ablation). ``immediate: none`` is NIF (retention reward only, i.e. lam = 0); ``immediate: terminal`` is SIF
-(the session's summed immediate reward only enters the terminal target, ``log(R_ret + b_r) + lam * sum_t r_t``).
+(the session's summed immediate reward only enters the terminal target, ``log(R_ret + b_r) + lam * sum_{t<T} r_t``:
+the same rewards the full model spreads over its steps, so the ablation moves where they enter, not which).
 
 Choices where the text is ambiguous (``docs/methods.md``): P_F is the density of the pre-squash Gaussian at
 ``u = atanh(a)``, taken per action dimension (the geometric mean over the 7 dimensions), so that it is O(1) like
@@ -73,14 +74,14 @@ def detailed_balance_loss(
 
     log_flow, log_flow_next: log F_ret(s_t), log F_ret(s_{t+1}); log_pf: log P_F(a_t|s_t); p_back: P_B in (0, 1);
     reward: r_t; session_end: bool; retention: R_ret at a session end; session_reward: sum of r over the session
-    (used by ``immediate="terminal"`` only). All (N,).
+    up to and including r_t (used by ``immediate="terminal"`` only). All (N,).
     """
     step_r = lam * reward if immediate == "step" else torch.zeros_like(reward)
     log_pf_off = torch.logaddexp(log_pf, torch.full_like(log_pf, math.log(b_f))) if b_f > 0 else log_pf
     inside = log_flow + log_pf_off - log_flow_next - torch.log(p_back + b_b) - step_r
     target = torch.log(retention + b_r)
     if immediate == "terminal":
-        target = target + lam * session_reward
+        target = target + lam * (session_reward - reward)  # sum_{t<T}: the ending request's r_T is unseen, as above
     end = log_flow - target
     return torch.where(session_end, end, inside).pow(2)
 

@@ -1,7 +1,8 @@
 """RLUR (Cai et al., WWW'23, "Reinforcing User Retention in a Billion Scale Short Video Recommender System").
 
 Request-level, infinite-horizon MDP; the objective is to *minimise* the cumulative returning time. The action
-is the fusion-weight vector, drawn from a squashed Gaussian actor. Five parts, each switchable for ablations:
+is the fusion-weight vector, drawn from a squashed Gaussian actor. Five parts; RND, normalisation, groups and
+soft regularisation are switchable for ablations (the critics always train; their weights set the actor's mix):
 
 1. **Retention critic** ``Q_T`` (twin): TD on the returning time ``d``, a cost earned at the session's last
    request. Discounted once per session (``gamma_T`` at a session end, 1 inside a session), because the cost is

@@ -1,5 +1,7 @@
-"""Actors and critics shared by the actor-critic methods (TD3, DDPG, SAC, and the retention methods built on
-them). Each network owns its :class:`~retentionrl.nets.state.StateEncoder` (CleanRL style: no shared trunk)."""
+"""Actors and critics of the actor-critic baselines (TD3, DDPG, SAC), and the Gaussian-policy helpers
+(:func:`gaussian_head`, :func:`gaussian_log_density`, :func:`squashed_sample`, :func:`gaussian_kl`) that RLUR and
+GFN4Retention share with SAC. Here each network owns its :class:`~retentionrl.nets.state.StateEncoder` (CleanRL
+style: no shared trunk); RLUR's critics and GFN4Retention's heads share one encoder each (see their modules)."""
 
 from __future__ import annotations
 
@@ -133,7 +135,7 @@ def gaussian_head(out: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class GaussianActor(nn.Module):
-    """Squashed Gaussian policy a = tanh(u), u ~ N(mu(s), sigma(s)) (SAC; RLUR and GFN4Retention build on it)."""
+    """Squashed Gaussian policy a = tanh(u), u ~ N(mu(s), sigma(s)) (SAC)."""
 
     def __init__(self, spec: AgentSpec, state_dim: int, token_dim: int, hidden: list[int],
                  kind: EncoderKind = "transformer") -> None:

@@ -5,8 +5,9 @@ the bonus is the predictor's error ``b(x) = mean_j (g(x)_j - f(x)_j)^2``. The pr
 input it is shown, so the error — and the bonus — shrinks on inputs seen often and stays high on new ones.
 
 The raw error's scale is arbitrary (it depends on the random target) and collapses as the predictor learns, so
-a weight on it means nothing. As Burda et al. do, :meth:`RND.scaled_bonus` divides it by a running scale: an
-exponential moving average (rate ``ema``) of the mean error of the batches the predictor is trained on. A
+a weight on it means nothing. :meth:`RND.scaled_bonus` divides it by a running scale: an exponential moving
+average (rate ``ema``) of the mean error of the batches the predictor is trained on (our choice; Burda et al.
+divide by a running std of the intrinsic returns, which needs the returns this off-policy critic never forms). A
 typical state then gets a bonus near 1 whatever the networks, and a novel one a multiple of it.
 """
 
