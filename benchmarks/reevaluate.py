@@ -17,14 +17,11 @@ from pathlib import Path
 
 import yaml
 
-from retentionrl.agents import make_agent
-from retentionrl.config import from_dict, merge
+from retentionrl.errors import RetentionRLError
 from retentionrl.evaluation.protocol import evaluate_policy
 from retentionrl.evaluation.stats import mean_ci
 from retentionrl.simulator.bundle import Simulator
-from retentionrl.training import trainer_for
-from retentionrl.training.checkpoint import load_checkpoint
-from retentionrl.training.online import RunDir
+from retentionrl.training import load_trained
 
 KEYS = ("return_time", "retention", "click_rate", "like_rate")
 
@@ -37,15 +34,9 @@ def main() -> None:
     args = ap.parse_args()
     sim = Simulator.load(args.simulator)
     by_method: dict[str, list[dict]] = defaultdict(list)
+    overrides = yaml.safe_load(args.eval) or {}
     for d in args.runs:
-        run = RunDir(d)
-        run.check_is_run()
-        raw = yaml.safe_load(run.config.read_text())
-        raw["eval"] = merge(raw.get("eval", {}), yaml.safe_load(args.eval) or {})
-        cfg = from_dict(trainer_for(raw.get("algo", "td3"))[0], raw, str(run.config))
-        agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed)
-        if run.checkpoint.is_file():
-            agent.load_state_dict(load_checkpoint(run.checkpoint)["agent"])
+        cfg, agent = load_trained(d, sim, overrides)
         m = evaluate_policy(agent, sim, cfg.eval_config())["mean"]
         by_method[Path(d).parent.name].append(m)
         print(d, json.dumps({k: round(m[k], 4) for k in KEYS}))
@@ -58,4 +49,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RetentionRLError as e:  # bad input: one line, as the CLI does
+        raise SystemExit(f"error: {e}") from None

@@ -81,3 +81,21 @@ def random_rollout(sim, steps: int, rows: int, n_users: int = 8, seed: int = 0):
         buf.add(obs, action, out)
         obs = out.obs
     return first, buf.sample(rows)
+
+
+def reload_after_updates(build, cfg: dict, sim, obs, batch, updates: int = 2):
+    """(agent, fresh): ``agent`` built with seed 0, updated ``updates`` times on ``batch`` and stepped once with
+    exploration; ``fresh`` built with another seed (so everything must come from the state) and loaded from
+    ``agent.state_dict()`` through ``torch.save``/``torch.load(weights_only=True)``."""
+    import io
+
+    agent = build(sim, dict(cfg), 0)
+    for _ in range(updates):
+        agent.update(batch)
+    agent.act(obs, explore=True)
+    buf = io.BytesIO()
+    torch.save(agent.state_dict(), buf)
+    buf.seek(0)
+    fresh = build(sim, dict(cfg), 5)
+    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    return agent, fresh

@@ -3,12 +3,11 @@ contract (shapes, determinism, finite updates, exact state round trip, every abl
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
 import torch
-from conftest import random_rollout
+from conftest import random_rollout, reload_after_updates
 
 from retentionrl.agents import gfn4retention, rlur
 from retentionrl.agents.gfn4retention import detailed_balance_loss
@@ -203,16 +202,7 @@ def test_gfn_loss_decreases_on_a_fixed_batch(tiny_sim, rollout):
 @pytest.mark.parametrize("algo", BUILDERS)
 def test_state_dict_round_trip_resumes_identically(algo, tiny_sim, rollout):
     obs, batch = rollout
-    build, cfg = BUILDERS[algo]
-    agent = build(tiny_sim, dict(cfg), 0)
-    for _ in range(2):
-        agent.update(batch)
-    agent.act(obs, explore=True)
-    buf = io.BytesIO()
-    torch.save(agent.state_dict(), buf)
-    buf.seek(0)
-    fresh = build(tiny_sim, dict(cfg), 5)
-    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    agent, fresh = reload_after_updates(*BUILDERS[algo], tiny_sim, obs, batch)
     assert torch.equal(fresh.act(obs), agent.act(obs))
     assert torch.equal(fresh.act(obs, explore=True), agent.act(obs, explore=True))
     for _ in range(2):

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
 import torch
-
-from conftest import random_rollout
+from conftest import random_rollout, reload_after_updates
 
 from retentionrl.agents import ddpg, sac
 
@@ -62,15 +60,7 @@ def test_sac_alpha_tunes_or_stays_fixed(tiny_sim, rollout):
 @pytest.mark.parametrize("algo", BUILDERS)
 def test_state_dict_round_trip_resumes_identically(algo, tiny_sim, rollout):
     obs, batch = rollout
-    agent = BUILDERS[algo](tiny_sim, dict(SMALL), 0)
-    for _ in range(2):
-        agent.update(batch)
-    agent.act(obs, explore=True)
-    buf = io.BytesIO()
-    torch.save(agent.state_dict(), buf)
-    buf.seek(0)
-    fresh = BUILDERS[algo](tiny_sim, dict(SMALL), 5)  # different seed: everything must come from the state
-    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    agent, fresh = reload_after_updates(BUILDERS[algo], SMALL, tiny_sim, obs, batch)
     assert torch.equal(fresh.act(obs), agent.act(obs))
     assert torch.equal(fresh.act(obs, explore=True), agent.act(obs, explore=True))
     assert fresh.n_updates == agent.n_updates

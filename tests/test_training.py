@@ -50,6 +50,27 @@ def test_resume_with_a_different_config_is_an_error(tiny_sim, tmp_path):
         train(_cfg(), tiny_sim, tmp_path / "nothing", resume=True, progress=False)
 
 
+def test_load_trained_restores_the_policy_and_merges_eval_overrides(tiny_sim, tmp_path):
+    """What `retentionrl evaluate` and benchmarks/reevaluate.py score: the run's frozen policy, under its own
+    evaluation protocol or one merged over it."""
+    from retentionrl.evaluation.protocol import evaluate_policy
+    from retentionrl.training import load_trained
+
+    summary = train(_cfg(total_steps=20), tiny_sim, tmp_path / "r", progress=False)
+    cfg, agent = load_trained(str(tmp_path / "r"), tiny_sim)
+    assert cfg.eval_config().n_users == 16
+    assert evaluate_policy(agent, tiny_sim, cfg.eval_config())["mean"] == summary["eval"]
+    cfg2, _ = load_trained(str(tmp_path / "r"), tiny_sim, {"n_users": 4, "n_episodes": 8})
+    ev = cfg2.eval_config()
+    assert (ev.n_users, ev.n_episodes, ev.seeds) == (4, 8, [101, 102])  # merged, not replaced
+    with pytest.raises(RetentionRLError, match="must be a mapping"):
+        load_trained(str(tmp_path / "r"), tiny_sim, [4])
+    with pytest.raises(RetentionRLError, match="n_user"):
+        load_trained(str(tmp_path / "r"), tiny_sim, {"n_user": 4})
+    with pytest.raises(RetentionRLError, match="not a run directory"):
+        load_trained(str(tmp_path), tiny_sim)
+
+
 def test_unknown_algorithm_and_agent_key(tiny_sim, tmp_path):
     with pytest.raises(RetentionRLError, match="unknown algorithm 'td4'"):
         train(_cfg(algo="td4"), tiny_sim, tmp_path / "a", progress=False)

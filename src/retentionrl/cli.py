@@ -8,11 +8,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-import yaml
-
 from retentionrl import __version__
 from retentionrl.errors import RetentionRLError
-
 
 DEFAULT_BUNDLE = "bundles/kuairand-pure-sample"
 
@@ -130,22 +127,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from retentionrl.agents import make_agent
-    from retentionrl.config import from_dict
     from retentionrl.evaluation.protocol import evaluate_policy
     from retentionrl.simulator.bundle import Simulator
-    from retentionrl.training import trainer_for
-    from retentionrl.training.checkpoint import load_checkpoint
+    from retentionrl.training import load_trained
     from retentionrl.training.online import RunDir
 
-    run = RunDir(args.run_dir)
-    run.check_is_run()
-    raw = yaml.safe_load(run.config.read_text())
-    cfg = from_dict(trainer_for(raw.get("algo", "td3"))[0], raw, str(run.config))
+    RunDir(args.run_dir).check_is_run()  # before loading a bundle, so a wrong path fails fast
     sim = Simulator.load(args.simulator) if args.simulator else _load_or_build_sample_bundle(DEFAULT_BUNDLE)
-    agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed)
-    if run.checkpoint.is_file():
-        agent.load_state_dict(load_checkpoint(run.checkpoint)["agent"])
+    cfg, agent = load_trained(args.run_dir, sim)
     res = evaluate_policy(agent, sim, cfg.eval_config())
     print(json.dumps(res["mean"], indent=2))
     return 0

@@ -17,3 +17,30 @@ def trainer_for(algo: str) -> tuple[type, Callable[..., Any]]:
     from retentionrl.training.online import TrainConfig, train
 
     return TrainConfig, train
+
+
+def load_trained(run_dir: str, sim: Any, eval_overrides: Any = None) -> tuple[Any, Any]:
+    """(train config, agent) of a run directory: its ``config.yaml`` with ``eval_overrides`` (a mapping, e.g.
+    ``{"n_users": 32, "n_episodes": 96}``) merged over its ``eval`` section, and the agent restored from its
+    checkpoint (``weights_only``) if there is one — what ``retentionrl evaluate`` scores."""
+    import yaml
+
+    from retentionrl.agents import make_agent
+    from retentionrl.config import from_dict, merge
+    from retentionrl.errors import RetentionRLError
+    from retentionrl.training.checkpoint import load_checkpoint
+    from retentionrl.training.online import RunDir
+
+    run = RunDir(run_dir)
+    run.check_is_run()
+    raw = yaml.safe_load(run.config.read_text())
+    if eval_overrides is not None:
+        if not isinstance(eval_overrides, dict):
+            raise RetentionRLError(f"eval overrides for {run_dir} must be a mapping of eval keys, got {eval_overrides!r}")
+        raw["eval"] = merge(raw.get("eval", {}), eval_overrides)
+    cfg = from_dict(trainer_for(raw.get("algo", "td3"))[0], raw, str(run.config))
+    cfg.eval_config()  # a bad (merged) eval key fails here, naming the key, before the agent is built
+    agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed)
+    if run.checkpoint.is_file():
+        agent.load_state_dict(load_checkpoint(run.checkpoint)["agent"])
+    return cfg, agent
