@@ -12,10 +12,10 @@ sittings — rerun the same command):
   random policy as reference rows (not candidates for the t-tests' reference).
 * ``ablations``: RLUR w/o RND / normalisation / groups / soft regularisation; GFN4Retention NCD / NIF / SIF.
 * ``sweep``: GFN4Retention's balance lambda in {0.5, 0.7, 0.9, 1.0, 1.1, 1.3, 1.5}.
-* ``random-state``: TD3, GFN4Retention, ranking and random with KuaiSim's kind of return model — the
-  personal term an untrained random linear map of the end-of-session state (``personal: random_state``) — to
-  measure how much a policy can move return time when the return law depends on the state it shapes. t-tests
-  against random.
+* ``random-state``: TD3, GFN4Retention (and its NIF ablation), ranking and random with KuaiSim's kind of return
+  model — the personal term an untrained random linear map of the end-of-session state (``personal:
+  random_state``) — to measure how much a policy can move return time when the return law depends on the state
+  it shapes. t-tests against random.
 
 Writes ``docs/results/retention_<part>/`` (comparison.md / .csv, training curves, sweep plot). t-tests are
 against the best *baseline* (by return time), as in the papers. Build the bundles first with
@@ -40,7 +40,8 @@ TRAIN = REPO / "configs" / "train"
 BASELINES = ["td3", "sac", "din", "cem"]
 METHODS = [*BASELINES, "rlur", "gfn4retention"]
 LAMBDAS = [0.5, 0.7, 0.9, 1.0, 1.1, 1.3, 1.5]
-RANDOM_STATE = ["td3", "gfn4retention", "ranking", "random"]
+RANDOM_STATE = ["td3-kuaisim", "gfn4retention-kuaisim", "ablations/gfn4retention-kuaisim-nif", "ranking-kuaisim",
+                "random-kuaisim"]  # configs under configs/train
 # GFN4Retention, Table 2 (last-1000-training-episodes protocol, KuaiSim, 100k steps).
 PAPER = {
     "kuairand": {"return_time": [2.382, 2.373, 1.947, 1.889, 1.786, 1.496], "retention": [0.151, 0.150, 0.154, 0.156, 0.159, 0.163],
@@ -114,7 +115,7 @@ def main() -> None:
         print(md)
     if "random-state" in args.parts:
         over = {"env": {"returns": {"personal": "random_state"}}}
-        variants = [(f"{m}-kuaisim-random-state", TRAIN / f"{m}-kuaisim.yaml", over) for m in RANDOM_STATE]
+        variants = [(f"{Path(m).name}-random-state", TRAIN / f"{m}.yaml", over) for m in RANDOM_STATE]
         done = grid(variants, args.ablation_seeds, kr_runs, args.kuairand_bundle)
         print(table(done, results / "retention_random_state", ["random-kuaisim-random-state"]))
 

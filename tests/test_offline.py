@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from retentionrl.agents import AGENTS
 from retentionrl.agents import bc as bc_mod
 from retentionrl.agents import din as din_mod
 from retentionrl.agents.base import FixedWeightsAgent, RandomAgent
+from retentionrl.data.schema import BEHAVIOURS
+from retentionrl.errors import RetentionRLError
 from retentionrl.evaluation.metrics import roc_auc
 from retentionrl.evaluation.protocol import EvalConfig, evaluate_policy
+from retentionrl.training import offline as offline_mod
 from retentionrl.training.buffer import obs_from_batch
 from retentionrl.training.offline import EpochSampler, OfflineTrainConfig, generate_logs, train_offline
 
@@ -71,7 +75,8 @@ def test_din_factorised_attention_matches_the_concatenation(tiny_sim):
     # act in chunks = per-candidate scores.
     cand = torch.arange(50)
     obs.candidates = cand
-    small = din_mod.build(tiny_sim, {"att_hidden": [8, 4], "chunk_elems": 1000}, seed=0)  # same init, 20+ chunks
+    # Same init, scored in 6 x 5 blocks (1 user x 10 candidates: 1000 // (H=12 · F=8) = 10).
+    small = din_mod.build(tiny_sim, {"att_hidden": [8, 4], "chunk_elems": 1000}, seed=0)
     scores = small.act(obs)
     assert scores.shape == (6, 50)
     with torch.no_grad():
@@ -95,6 +100,24 @@ def test_din_learns_clicks_and_beats_random_items(tiny_sim):
     greedy = evaluate_policy(agent, tiny_sim, ev)["mean"]["click_rate"]
     random = evaluate_policy(RandomAgent(action_mode="items", seed=0), tiny_sim, ev)["mean"]["click_rate"]
     assert greedy > random + 0.02
+
+
+def test_din_refuses_a_target_with_one_label_before_writing_the_run(tiny_sim, tmp_path, monkeypatch):
+    # MovieLens' case: every logged exposure is a click, so a click model has nothing to rank by.
+    def all_clicked(*args, **kw):
+        logs = generate_logs(*args, **kw)
+        logs["responses"][..., 0] = 1.0
+        return logs
+
+    monkeypatch.setattr(offline_mod, "generate_logs", all_clicked)
+    run = tmp_path / "din"
+    with pytest.raises(RetentionRLError, match=r"target 'click' is all 1 over the 288 exposures in logs of 'random'"):
+        train_offline(_cfg(algo="din", agent={}), tiny_sim, run, progress=False)
+    assert not run.exists()  # refused before anything was written
+    agent = din_mod.build(tiny_sim, {"target": "like"}, seed=0)
+    logs = all_clicked(tiny_sim, RandomAgent(seed=0), "kuaisim", n_users=8, steps=6, seed=2, env=ENV)
+    assert 0 < float(logs["responses"][..., BEHAVIOURS.index("like")].mean()) < 1  # like still varies: accepted
+    agent.check_logs(logs, "test logs")
 
 
 def _cfg(**kw) -> OfflineTrainConfig:

@@ -34,6 +34,10 @@ class Agent(ABC):
         """One gradient step from a replay batch (off-policy agents; called when ``learns``)."""
         return {}
 
+    def check_logs(self, logs: dict[str, Tensor], source: str) -> None:
+        """Refuse, with an error naming ``source``, logs this agent cannot learn from (offline agents; called
+        once on the whole logs before training, so a per-batch accident is not mistaken for the data)."""
+
     def observe(self, obs: Obs, action: Tensor, out: StepOutput) -> dict[str, float]:
         """Called after every training step with what happened (on-policy / black-box agents such as CEM learn
         here). ``out.obs`` is the next observation after auto-reset."""

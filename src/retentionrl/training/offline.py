@@ -164,9 +164,11 @@ def train_offline(cfg: OfflineTrainConfig, sim: "Simulator", run_dir: str | Path
         raise RetentionRLError(f"algorithm '{cfg.algo}' does not learn from data (nothing to train offline)")
     behaviour = make_agent(cfg.behaviour, sim, cfg.behaviour_agent, seed=cfg.seed + 1)
     eval_cfg = cfg.eval_config()
-    run = RunDir.open(run_dir, to_dict(cfg), resume)
     logs = generate_logs(sim, behaviour, cfg.preset, cfg.n_log_users, cfg.log_steps, seed=cfg.seed, env=cfg.env,
                          explore=cfg.behaviour_explore)
+    agent.check_logs(logs, f"logs of '{cfg.behaviour}' on simulator '{sim.meta.get('dataset')}' "
+                           f"({cfg.n_log_users} users x {cfg.log_steps} requests, seed {cfg.seed})")
+    run = RunDir.open(run_dir, to_dict(cfg), resume)
     batch_size = cfg.batch_size or agent.batch_size or 256
     n_rows = len(logs["reward"])
     sampler = EpochSampler(n_rows, batch_size, seed=cfg.seed + 3)
