@@ -32,9 +32,12 @@ def main() -> None:
     ap.add_argument("--simulator", required=True)
     ap.add_argument("--eval", default="{}", help="YAML mapping merged over each run's `eval` section")
     args = ap.parse_args()
+    try:
+        overrides = yaml.safe_load(args.eval) or {}
+    except yaml.YAMLError as e:
+        raise RetentionRLError(f"--eval is not YAML: {args.eval!r} ({str(e).splitlines()[0]})") from None
     sim = Simulator.load(args.simulator)
     by_method: dict[str, list[dict]] = defaultdict(list)
-    overrides = yaml.safe_load(args.eval) or {}
     for d in args.runs:
         cfg, agent = load_trained(d, sim, overrides)
         m = evaluate_policy(agent, sim, cfg.eval_config())["mean"]

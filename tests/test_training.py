@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,3 +152,24 @@ def test_config_extends_must_name_a_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("extends: [a.yaml]\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: 'extends' must be a file name"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_reevaluate_script_gives_one_line_errors(tiny_sim, tmp_path, monkeypatch, capsys):
+    """benchmarks/reevaluate.py: bad --eval or a non-run directory ends with one ``error:`` line, no traceback."""
+    import runpy
+    import sys
+
+    script = str(Path(__file__).resolve().parents[1] / "benchmarks" / "reevaluate.py")
+    train(_cfg(total_steps=10), tiny_sim, tmp_path / "r", progress=False)
+    bundle = str(tiny_sim.save(tmp_path / "bundle"))
+    for argv, message in [([str(tmp_path / "r"), "--eval", "{n_users: "], "--eval is not YAML"),
+                          ([str(tmp_path / "r"), "--eval", "[4]"], "must be a mapping"),
+                          ([str(tmp_path), "--eval", "{}"], "not a run directory")]:
+        monkeypatch.setattr(sys, "argv", ["reevaluate.py", *argv, "--simulator", bundle])
+        with pytest.raises(SystemExit) as e:
+            runpy.run_path(script, run_name="__main__")
+        assert str(e.value).startswith("error: ") and message in str(e.value) and "\n" not in str(e.value)
+    monkeypatch.setattr(sys, "argv", ["reevaluate.py", str(tmp_path / "r"), "--simulator", bundle, "--eval",
+                                      "{n_users: 4, n_episodes: 4}"])
+    runpy.run_path(script, run_name="__main__")
+    assert "return_time" in capsys.readouterr().out

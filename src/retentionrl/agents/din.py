@@ -21,9 +21,8 @@ slot j, unit f, target k is one inner product of augmented vectors::
     τ[k]    = [t_k,  (W_t - W_d) t_k,  1]                                             (D + F + 1)
 
 so the (B, H, F, K) pre-activations come out of one batched GEMM ``(B, H*F, D+F+1) @ (B, D+F+1, K)`` and are
-only ReLU'd in place and reduced over F: the largest tensor is written once and read twice (the separate
-additions of the per-slot and per-target terms cost two more passes; measured 2x on the attention at KuaiRand
-sizes). Scoring B users against C candidates costs ``O(B·H·C·F·(D+F))`` multiply-adds for the attention plus
+only ReLU'd in place and reduced over F: the largest tensor is written once and read twice (separate
+additions of the per-slot and per-target terms would cost two more passes over it). Scoring B users against C candidates costs ``O(B·H·C·F·(D+F))`` multiply-adds for the attention plus
 the output MLP per pair, e.g. 256 × 20 × 6.2k × 16 × 49 ≈ 2.5·10¹⁰ on KuaiRand. :meth:`DIN.act` scores
 blocks of ``b`` users × ``c`` candidates with ``b·H·F·c ≤ chunk_elems``, so memory stays bounded whatever C
 is and the block stays cache-sized.
@@ -95,21 +94,35 @@ class DINNet(nn.Module):
         h = table[items] + self.resp(resp)
         return p, h, (~pad).float()
 
-    def score(self, p: Tensor, h: Tensor, mask: Tensor, t: Tensor) -> Tensor:
-        """Click logits (B, K) of targets t (B, K, D) (may be an expanded shared tensor) for users with profile
-        p (B, D), history h (B, H, D) and mask (B, H). Augmented-GEMM attention (module docstring)."""
+    def history_operand(self, h: Tensor) -> Tensor:
+        """Augmented left operand g (B, H*F, D+F+1) of history h (B, H, D) (module docstring)."""
         B, H, D = h.shape
-        K = t.shape[1]
-        W_h, W_t, W_d, W_p = self.att1.weight.split(D, dim=1)  # each (F, D)
+        W_h, _, W_d, W_p = self.att1.weight.split(D, dim=1)  # each (F, D)
         F = W_h.shape[0]
         a = h @ (W_h + W_d).T + self.att1.bias  # (B, H, F)
         eye = torch.eye(F, dtype=h.dtype).expand(B, H, F, F)
-        g = torch.cat([h[:, :, None, :] * W_p, eye, a[..., None]], dim=3).view(B, H * F, D + F + 1)
-        tau = torch.cat([t, t @ (W_t - W_d).T, t.new_ones(B, K, 1)], dim=2)  # (B, K, D+F+1)
+        return torch.cat([h[:, :, None, :] * W_p, eye, a[..., None]], dim=3).view(B, H * F, D + F + 1)
+
+    def target_operand(self, t: Tensor) -> Tensor:
+        """Augmented right operand tau (..., K, D+F+1) of targets t (..., K, D) (module docstring)."""
+        _, W_t, W_d, _ = self.att1.weight.split(t.shape[-1], dim=1)
+        return torch.cat([t, t @ (W_t - W_d).T, t.new_ones(*t.shape[:-1], 1)], dim=-1)
+
+    def score(self, p: Tensor, h: Tensor, mask: Tensor, t: Tensor, g: Tensor | None = None,
+              tau: Tensor | None = None) -> Tensor:
+        """Click logits (B, K) of targets t (B, K, D) (may be an expanded shared tensor) for users with profile
+        p (B, D), history h (B, H, D) and mask (B, H). ``g`` / ``tau``: :meth:`history_operand` of h and
+        :meth:`target_operand` of t when the caller already has them (:meth:`DIN.act` reuses them across blocks)."""
+        B, H, _ = h.shape
+        K = t.shape[1]
+        F = self.att1.out_features
+        g = self.history_operand(h) if g is None else g
+        tau = self.target_operand(t) if tau is None else tau
         z = torch.bmm(g, tau.transpose(1, 2)).view(B, H, F, K)  # pre-activations
         z = torch.relu(z) if torch.is_grad_enabled() else z.relu_()  # in place when scoring many candidates
         if len(self.att_rest) == 1:  # one linear layer to the weight: a batched GEMV over F
-            # Spelled as bmm: ``weight[0] @ z`` takes a path that copies z transposed (measured: 40% of act).
+            # Spelled as bmm: ``weight[0] @ z`` takes a path that copies z transposed (the profiler put that
+            # copy at 23-44% of act's time).
             v = self.att_rest[0].weight.expand(B * H, 1, F)
             w = torch.bmm(v, z.view(B * H, F, K)).view(B, H, K) + self.att_rest[0].bias  # (B, H, K)
         else:
@@ -173,13 +186,16 @@ class DIN(Agent):
         # Blocks of b users x c candidates with b·H·F·c <= chunk_elems (cache-sized pre-activations).
         c = max(1, min(C, 512, self.cfg.chunk_elems // max(1, H * F)))
         b = max(1, min(B, self.cfg.chunk_elems // max(1, H * F * c)))
+        tau = self.net.target_operand(cand)  # (C, D+F+1), once per request
         scores = torch.empty(B, C)
         for b0 in range(0, B, b):
             rows = slice(b0, b0 + b)
             nb = min(b, B - b0)
+            g = self.net.history_operand(h[rows])  # once per block of users
             for s in range(0, C, c):
                 scores[rows, s : s + c] = self.net.score(p[rows], h[rows], mask[rows],
-                                                         cand[s : s + c].expand(nb, -1, -1))
+                                                         cand[s : s + c].expand(nb, -1, -1), g,
+                                                         tau[s : s + c].expand(nb, -1, -1))
         if explore and self.cfg.explore_noise > 0:
             scores = scores + self.cfg.explore_noise * torch.randn(scores.shape, generator=self.gen)
         return scores
