@@ -7,15 +7,21 @@
                     per-user return terms); loaded with ``torch.load(weights_only=True)``
 
 The directory is written to a temporary sibling and renamed into place, so a crash never leaves half a bundle.
+
+A simulator's identity is :attr:`Simulator.fingerprint`, a content hash of what it simulates (build config, meta
+without the build's timestamp and duration, every tensor of ``state_dict()``): a copied or re-saved bundle keeps
+it, any changed weight, table or setting changes it. Runs record it and refuse another simulator.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +39,10 @@ from retentionrl.simulator.returns import GeometricReturn, LearnedReturn
 
 FORMAT_VERSION = 1
 FILES = ("config.yaml", "meta.json", "weights.pt")
+#: meta.json fields that describe the build, not the simulator (left out of the fingerprint)
+VOLATILE_META = ("built_at", "build_seconds")
+#: hex digits of the fingerprint shown in messages and tables
+SHORT = 16
 TENSORS = ("init_items", "init_resp", "init_pad", "personal", "item_tag", "item_author", "test_users", "item_exposures")
 
 
@@ -55,6 +65,27 @@ class Simulator:
         self.watch_sigma = float(meta["watch_sigma"])
         self.max_return_day = int(meta["max_return_day"])
         self._state_weights: dict[int, Tensor] = {}  # random_state return terms by seed (computed once)
+        self.path: Path | None = None  # the bundle directory it was loaded from (None: built in memory)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 (64 hex digits) over the canonical JSON of the build config and of the meta without
+        :data:`VOLATILE_META`, then every ``state_dict()`` tensor (name, dtype, shape, raw bytes) in name order.
+        Equal for a bundle and its copies or re-saves (and for an in-memory simulator and its saved bundle);
+        cached, as a simulator is not modified after construction."""
+        h = hashlib.sha256()
+        meta = {k: v for k, v in self.meta.items() if k not in VOLATILE_META}
+        for part in (self.build_config, meta):
+            h.update(json.dumps(part, sort_keys=True, separators=(",", ":"), default=str).encode())
+        for name, t in sorted(self.state_dict().items()):
+            t = t.detach().cpu().contiguous()
+            h.update(f"\n{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())  # raw bytes, no copy
+        return h.hexdigest()
+
+    @property
+    def short_fingerprint(self) -> str:
+        return self.fingerprint[:SHORT]
 
     # --- pieces the environment asks for -------------------------------------------------------------------
     def user_pool(self, which: str) -> Tensor:
@@ -181,9 +212,11 @@ class Simulator:
         except Exception as exc:  # torch raises many types for a damaged zip/pickle
             raise BundleError(f"{path}/weights.pt: cannot read weights ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
         try:
-            return cls._from_parts(build_config, meta, weights)
+            sim = cls._from_parts(build_config, meta, weights)
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise BundleError(f"{path}: weights do not match the bundle's metadata ({str(exc).splitlines()[0][:300]})") from None
+        sim.path = path
+        return sim
 
     @classmethod
     def _from_parts(cls, build_config: dict, meta: dict, weights: dict[str, Tensor]) -> "Simulator":
