@@ -105,20 +105,34 @@ def _load_or_build_sample_bundle(path: str | Path):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import shlex
+
     from retentionrl.config import from_dict, load_config, merge
     from retentionrl.simulator.bundle import Simulator
     from retentionrl.training import trainer_for
+    from retentionrl.training.run import RunDir
 
-    base = load_config(args.config) if args.config else {}
     over = {k: v for k, v in {"algo": args.algo, "seed": args.seed}.items() if v is not None}
-    raw = merge(base, over)
+    if args.resume:
+        # The run's own config and bundle unless given; a different config or simulator is refused by train().
+        run = RunDir(args.resume)
+        saved, _ = run.read_config()
+        run.resumable_record()  # before loading any bundle
+        raw = merge(load_config(args.config) if args.config else saved, over)
+        where = args.config or str(run.config)
+        sim = Simulator.load(args.simulator) if args.simulator else Simulator.load(run.simulator_path())
+    else:
+        raw = merge(load_config(args.config) if args.config else {}, over)
+        where = args.config or "train config"
+        sim = None
     config_cls, train = trainer_for(raw.get("algo", "td3"))
-    cfg = from_dict(config_cls, raw, args.config or "train config")
-    sim = Simulator.load(args.simulator) if args.simulator else _load_or_build_sample_bundle(DEFAULT_BUNDLE)
+    cfg = from_dict(config_cls, raw, where)
+    if sim is None:
+        sim = Simulator.load(args.simulator) if args.simulator else _load_or_build_sample_bundle(DEFAULT_BUNDLE)
     run_dir = args.resume or args.out or f"runs/{cfg.algo}-seed{cfg.seed}"
     summary = train(cfg, sim, run_dir, resume=bool(args.resume), stop_after=args.stop_after)
     if summary is None:
-        print(f"stopped at step {args.stop_after}; continue with: retentionrl train --resume {run_dir} ...")
+        print(f"stopped at step {args.stop_after}; continue with: retentionrl train --resume {shlex.quote(str(run_dir))}")
         return 0
     ev = summary["eval"]
     print(f"{run_dir}: return time {ev['return_time']:.3f}, retention {ev['retention']:.3f}, "
@@ -128,12 +142,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from retentionrl.evaluation.protocol import evaluate_policy
-    from retentionrl.simulator.bundle import Simulator
     from retentionrl.training import load_trained
-    from retentionrl.training.online import RunDir
+    from retentionrl.training.run import RunDir
 
-    RunDir(args.run_dir).check_is_run()  # before loading a bundle, so a wrong path fails fast
-    sim = Simulator.load(args.simulator) if args.simulator else _load_or_build_sample_bundle(DEFAULT_BUNDLE)
+    # The run's own bundle unless --simulator names one; either way its fingerprint must be the run's.
+    sim = RunDir(args.run_dir).load_simulator(args.simulator)
     cfg, agent = load_trained(args.run_dir, sim)
     res = evaluate_policy(agent, sim, cfg.eval_config())
     print(json.dumps(res["mean"], indent=2))
@@ -246,14 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--algo", default=None, help=f"one of: {', '.join(AGENTS)}")
     tr.add_argument("--config", default=None, help="YAML train config (configs/train/*.yaml)")
     tr.add_argument("--seed", type=int, default=None)
-    tr.add_argument("--simulator", default=None, help=f"bundle directory (default: {DEFAULT_BUNDLE}, built if missing)")
+    tr.add_argument("--simulator", default=None, help=f"bundle directory (default: {DEFAULT_BUNDLE}, built if missing; "
+                    "with --resume: the run's own bundle)")
     tr.add_argument("--out", default=None, help="run directory (default: runs/<algo>-seed<seed>)")
-    tr.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    tr.add_argument("--resume", default=None, metavar="RUN_DIR",
+                    help="continue a run from its last checkpoint (with its own config unless --config is given)")
     tr.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this many steps")
     tr.set_defaults(func=cmd_train)
     ev = groups.add_parser("evaluate", help="evaluate a run's frozen policy with its evaluation protocol")
     ev.add_argument("run_dir")
-    ev.add_argument("--simulator", default=None)
+    ev.add_argument("--simulator", default=None, help="bundle directory (default: the run's own bundle)")
     ev.set_defaults(func=cmd_evaluate)
     cmp = groups.add_parser("compare", help="table with CIs and t-tests, CSV and training curves from run dirs")
     cmp.add_argument("run_dirs", nargs="+")

@@ -1,6 +1,11 @@
 """Compare run directories: a markdown table (and CSV) with 95% CIs over training seeds and Welch t-tests
 against a reference method, plus PNG training curves. Reads only what runs write (``config.yaml``,
-``summary.json``, ``metrics.jsonl``), so run directories from different machines compare fine."""
+``summary.json``, ``metrics.jsonl``), so run directories from different machines compare fine.
+
+:func:`load_runs` refuses what would make the table wrong: the same (label, seed) twice (one run counted twice
+shrinks the CI), runs made on different simulator bundles (fingerprints), and runs evaluated under different
+protocols (their resolved evaluation configs). Runs made before runs recorded their bundle compare only with each
+other (the table then says the bundle is not recorded)."""
 
 from __future__ import annotations
 
@@ -13,8 +18,12 @@ from typing import Any
 
 import yaml
 
+from retentionrl.config import from_dict, to_dict
 from retentionrl.errors import RetentionRLError
 from retentionrl.evaluation.stats import compare_runs
+from retentionrl.simulator.bundle import SHORT
+from retentionrl.training import trainer_for
+from retentionrl.training.run import BUNDLE_KEY
 from retentionrl.utils.io import atomic_path, write_text_atomic
 
 #: metric -> (label, lower is better)
@@ -29,8 +38,11 @@ METRICS: dict[str, tuple[str, bool]] = {
 
 
 def load_runs(run_dirs: list[str | Path]) -> dict[str, list[dict[str, Any]]]:
-    """method -> list of {seed, eval, train_seconds, dir} (one per finished run)."""
+    """method -> list of {seed, eval, train_seconds, dir, bundle, eval_config, eval_pool_users} (one per finished
+    run). Refuses a repeated (method, seed), mixed simulator fingerprints and mixed evaluation protocols, naming
+    the runs."""
     runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    first: dict[str, Any] | None = None
     for d in run_dirs:
         d = Path(d)
         if not (d / "config.yaml").is_file():
@@ -40,9 +52,52 @@ def load_runs(run_dirs: list[str | Path]) -> dict[str, list[dict[str, Any]]]:
         cfg = yaml.safe_load((d / "config.yaml").read_text())
         summary = json.loads((d / "summary.json").read_text())
         label = cfg.get("label") or cfg["algo"]
-        runs[label].append({"seed": cfg["seed"], "eval": summary["eval"], "train_seconds": summary.get("train_seconds"),
-                            "dir": d})
+        bundle = summary.get(BUNDLE_KEY) or cfg.get(BUNDLE_KEY)
+        eval_cfg = summary.get("eval_config") or _eval_config_of(cfg, d)
+        run = {"seed": cfg["seed"], "eval": summary["eval"], "train_seconds": summary.get("train_seconds"), "dir": d,
+               "bundle": bundle, "eval_config": eval_cfg, "eval_pool_users": summary.get("eval_pool_users")}
+        same = next((r for r in runs[label] if r["seed"] == run["seed"]), None)
+        if same is not None:
+            raise RetentionRLError(f"{same['dir']} and {d} are both '{label}' seed {run['seed']} (a run counted twice "
+                                   "would shrink the CI)")
+        if first is None:
+            first = run
+        _check_comparable(first, run)
+        runs[label].append(run)
     return dict(runs)
+
+
+def _eval_config_of(cfg: dict[str, Any], d: Path) -> dict[str, Any]:
+    """The resolved evaluation protocol of a run whose summary predates recording it (from its config.yaml)."""
+    raw = {k: v for k, v in cfg.items() if k != BUNDLE_KEY}
+    return to_dict(from_dict(trainer_for(raw.get("algo", "td3"))[0], raw, str(d / "config.yaml")).eval_config())
+
+
+def _check_comparable(a: dict[str, Any], b: dict[str, Any]) -> None:
+    fa, fb = ((r["bundle"] or {}).get("fingerprint") for r in (a, b))
+    if fa != fb:
+        name = lambda f: f[:SHORT] if f else "no recorded bundle"  # noqa: E731
+        raise RetentionRLError(f"{a['dir']} and {b['dir']} were made on different simulators ({name(fa)} vs "
+                               f"{name(fb)}); compare runs of one bundle")
+    ea, eb = a["eval_config"], b["eval_config"]
+    if ea != eb:
+        diff = sorted(k for k in set(ea) | set(eb) if ea.get(k) != eb.get(k))
+        raise RetentionRLError(f"{a['dir']} and {b['dir']} were evaluated under different protocols (differ in: "
+                               f"{', '.join(diff)})")
+
+
+def evaluated_on(runs: dict[str, list[dict[str, Any]]]) -> str:
+    """Which users the (common) protocol of ``runs`` evaluated, on which bundle, for the table's note."""
+    r = next(iter(runs.values()))[0]
+    ev, pool, bundle = r.get("eval_config"), r.get("eval_pool_users"), r.get("bundle")
+    if ev is None:  # runs not read by load_runs
+        return "evaluated on simulated users with fixed evaluation seeds"
+    n = f"{pool:,} " if pool is not None else ""
+    who = {"test": f"the {n}held-out users", "train": f"the {n}training users (not held out)",
+           "all": f"all {n}users (held-out and training)"}[ev["users"]]
+    src = f"bundle `{bundle['fingerprint'][:SHORT]}` ({bundle.get('dataset')})" if bundle else "an unrecorded bundle"
+    return (f"evaluated on {ev['n_episodes']} simulated user episodes per seed x {len(ev['seeds'])} fixed evaluation "
+            f"seeds, drawn from {who} of {src}")
 
 
 def best_method(runs: dict[str, list[dict[str, Any]]], metric: str = "return_time") -> str:
@@ -83,9 +138,8 @@ def comparison_table(runs: dict[str, list[dict[str, Any]]], reference: str | Non
         row.append(mean_secs)
         lines.append("| " + " | ".join(cells) + " |")
         w.writerow(row)
-    note = (f"\nMean ± 95% CI (Student t) over training seeds; each run's policy frozen and evaluated on held-out "
-            f"simulated users with fixed evaluation seeds. Welch t-test against **{reference}**: * p<0.05, ** p<0.01, "
-            f"*** p<0.001.\n")
+    note = (f"\nMean ± 95% CI (Student t) over training seeds; each run's policy frozen and {evaluated_on(runs)}. "
+            f"Welch t-test against **{reference}**: * p<0.05, ** p<0.01, *** p<0.001.\n")
     return "\n".join(lines) + "\n" + note, buf.getvalue(), reference
 
 

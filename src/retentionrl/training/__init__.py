@@ -1,8 +1,17 @@
-"""Training: replay buffer, online and offline loops, checkpoints."""
+"""Training: replay buffer, online and offline loops, run directories (``training.run``), checkpoints."""
 
 from __future__ import annotations
 
 from typing import Any, Callable
+
+from retentionrl.agents import Agent, make_agent
+from retentionrl.config import from_dict, merge
+from retentionrl.errors import RetentionRLError
+from retentionrl.simulator.bundle import Simulator
+from retentionrl.training.checkpoint import load_checkpoint
+from retentionrl.training.offline import OfflineTrainConfig, train_offline
+from retentionrl.training.online import TrainConfig, train
+from retentionrl.training.run import RunConfig, RunDir
 
 #: algorithms trained from logs (supervised / offline) rather than by interacting with the simulator
 OFFLINE_ALGOS = frozenset({"din", "bc"})
@@ -11,29 +20,19 @@ OFFLINE_ALGOS = frozenset({"din", "bc"})
 def trainer_for(algo: str) -> tuple[type, Callable[..., Any]]:
     """(config dataclass, train function) of an algorithm: the offline loop for OFFLINE_ALGOS, else online."""
     if algo in OFFLINE_ALGOS:
-        from retentionrl.training.offline import OfflineTrainConfig, train_offline
-
         return OfflineTrainConfig, train_offline
-    from retentionrl.training.online import TrainConfig, train
-
     return TrainConfig, train
 
 
-def load_trained(run_dir: str, sim: Any, eval_overrides: Any = None) -> tuple[Any, Any]:
+def load_trained(run_dir: str, sim: Simulator, eval_overrides: Any = None) -> tuple[RunConfig, Agent]:
     """(train config, agent) of a run directory: its ``config.yaml`` with ``eval_overrides`` (a mapping, e.g.
     ``{"n_users": 32, "n_episodes": 96}``) merged over its ``eval`` section, and the agent restored from its
-    checkpoint (``weights_only``) if there is one — what ``retentionrl evaluate`` scores."""
-    import yaml
-
-    from retentionrl.agents import make_agent
-    from retentionrl.config import from_dict, merge
-    from retentionrl.errors import RetentionRLError
-    from retentionrl.training.checkpoint import load_checkpoint
-    from retentionrl.training.online import RunDir
-
+    checkpoint (``weights_only``) if there is one — what ``retentionrl evaluate`` scores. ``sim`` must be the
+    simulator the run was made on (same fingerprint; a run made before fingerprints were recorded is not
+    checked)."""
     run = RunDir(run_dir)
-    run.check_is_run()
-    raw = yaml.safe_load(run.config.read_text())
+    raw, _ = run.read_config()
+    run.check_simulator(sim)
     if eval_overrides is not None:
         if not isinstance(eval_overrides, dict):
             raise RetentionRLError(f"eval overrides for {run_dir} must be a mapping of eval keys, got {eval_overrides!r}")

@@ -19,32 +19,32 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from retentionrl.agents import Agent, make_agent
 from retentionrl.config import to_dict
 from retentionrl.errors import RetentionRLError
+from retentionrl.evaluation.protocol import evaluate_policy
+from retentionrl.simulator.bundle import Simulator
 from retentionrl.simulator.env import EnvConfig
+from retentionrl.simulator.env import preset as make_preset
 from retentionrl.training.buffer import ReplayBuffer
 from retentionrl.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from retentionrl.training.online import RunConfig, RunDir
+from retentionrl.training.run import RunConfig, RunDir
 from retentionrl.utils.io import write_json_atomic
-
-if TYPE_CHECKING:
-    from retentionrl.agents.base import Agent
-    from retentionrl.simulator.bundle import Simulator
 
 #: Keys :func:`generate_logs` adds to the replay-buffer layout.
 LOG_EXTRA = ("slate", "responses", "watch_time")
 
 
 @torch.no_grad()
-def generate_logs(sim: "Simulator", behaviour_agent: "Agent", preset: str | EnvConfig = "kuaisim",
+def generate_logs(sim: Simulator, behaviour_agent: Agent, preset: str | EnvConfig = "kuaisim",
                   n_users: int = 64, steps: int = 100, seed: int = 0, env: dict[str, Any] | None = None,
                   users: str = "train", explore: bool = False) -> dict[str, Tensor]:
     """Run ``behaviour_agent`` for ``steps`` requests of ``n_users`` parallel (training) users.
@@ -61,10 +61,6 @@ def generate_logs(sim: "Simulator", behaviour_agent: "Agent", preset: str | EnvC
     ``action_mode`` are set here). The environment is seeded with ``seed`` and the behaviour agent acts under a
     forked global RNG seeded from it, so the same seed gives the same logs and the caller's RNG is untouched.
     """
-    from dataclasses import replace
-
-    from retentionrl.simulator.env import preset as make_preset
-
     if n_users < 1 or steps < 1:
         raise RetentionRLError(f"generate_logs needs n_users >= 1 and steps >= 1, got {n_users} and {steps}")
     mode = getattr(behaviour_agent, "action_mode", "fusion")
@@ -148,14 +144,11 @@ def _log_stats(logs: dict[str, Tensor]) -> dict[str, float]:
             "return_time": float(logs["return_day"][ended].float().mean()) if ended.any() else None}
 
 
-def train_offline(cfg: OfflineTrainConfig, sim: "Simulator", run_dir: str | Path, resume: bool = False,
+def train_offline(cfg: OfflineTrainConfig, sim: Simulator, run_dir: str | Path, resume: bool = False,
                   progress: bool = True, stop_after: int | None = None) -> dict[str, Any] | None:
     """Fit ``cfg.algo`` on logs of ``cfg.behaviour``; returns the summary, or None when ``stop_after`` (an update
-    count) ends the call early with a checkpoint to ``resume`` from."""
-    from retentionrl.agents import make_agent
-    from retentionrl.evaluation.protocol import evaluate_policy
-
-
+    count) ends the call early with a checkpoint to ``resume`` from. Resuming on a simulator with another
+    fingerprint than the run's is refused."""
     # The agent from a freshly seeded global RNG; logging draws from its own streams (fork_rng), so neither
     # depends on the other. Everything is validated before the run directory is written.
     torch.manual_seed(cfg.seed)
@@ -168,7 +161,7 @@ def train_offline(cfg: OfflineTrainConfig, sim: "Simulator", run_dir: str | Path
                          explore=cfg.behaviour_explore)
     agent.check_logs(logs, f"logs of '{cfg.behaviour}' on simulator '{sim.meta.get('dataset')}' "
                            f"({cfg.n_log_users} users x {cfg.log_steps} requests, seed {cfg.seed})")
-    run = RunDir.open(run_dir, to_dict(cfg), resume)
+    run = RunDir.open(run_dir, to_dict(cfg), resume, sim)
     batch_size = cfg.batch_size or agent.batch_size or 256
     n_rows = len(logs["reward"])
     sampler = EpochSampler(n_rows, batch_size, seed=cfg.seed + 3)
@@ -226,6 +219,7 @@ def train_offline(cfg: OfflineTrainConfig, sim: "Simulator", run_dir: str | Path
     if last_eval is None:  # resumed a finished run
         last_eval = evaluate_policy(agent, sim, eval_cfg)["mean"]
     summary = {"algo": cfg.algo, "seed": cfg.seed, "behaviour": cfg.behaviour, "log_rows": n_rows, "updates": total,
-               "train_seconds": round(time.time() - t0, 1), "simulator": sim.meta.get("dataset"), "eval": last_eval}
+               "train_seconds": round(time.time() - t0, 1), "simulator": sim.meta.get("dataset"), "eval": last_eval,
+               **run.provenance(sim, eval_cfg)}
     write_json_atomic(run.summary, summary)
     return summary

@@ -1,58 +1,33 @@
 """The online training loop: act in the simulator, store transitions, update, evaluate, checkpoint, resume.
 
-A run directory holds ``config.yaml`` (the full config), ``metrics.jsonl`` (one JSON object per log / eval
-event), ``checkpoints/last.pt`` (agent, replay buffer, environment and RNG states; atomic) and ``summary.json``.
-Paths inside are relative, so a run directory can be moved between machines. ``resume`` continues from the last
+A run directory (:class:`~retentionrl.training.run.RunDir`) holds ``config.yaml`` (the full config and the
+simulator's fingerprint and path), ``metrics.jsonl`` (one JSON object per log / eval event),
+``checkpoints/last.pt`` (agent, replay buffer, environment and RNG states; atomic) and ``summary.json`` (results,
+simulator, resolved evaluation protocol). Paths inside are relative, so a run directory can be moved between
+machines. ``resume`` continues from the last
 checkpoint and reaches the same result as an uninterrupted run with the same seed.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-import yaml
 from tqdm.auto import tqdm
 
-from retentionrl.config import from_dict, to_dict
-from retentionrl.errors import RetentionRLError
+from retentionrl.agents import make_agent
+from retentionrl.config import to_dict
+from retentionrl.evaluation.protocol import evaluate_policy
+from retentionrl.simulator.bundle import Simulator
 from retentionrl.training.buffer import ReplayBuffer
 from retentionrl.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from retentionrl.utils.io import write_json_atomic, write_text_atomic
+from retentionrl.training.run import RunConfig, RunDir
+from retentionrl.utils.io import write_json_atomic
 
-if TYPE_CHECKING:
-    from retentionrl.evaluation.protocol import EvalConfig
-
-
-@dataclass
-class RunConfig:
-    """What every training run has, online or offline."""
-
-    algo: str = "td3"
-    label: str | None = None  # name in comparison tables (default: algo)
-    seed: int = 0
-    preset: str = "kuaisim"
-    env: dict[str, Any] = field(default_factory=dict)  # EnvConfig overrides
-    log_every: int = 100
-    eval_every: int = 1000
-    checkpoint_every: int = 500
-    eval: dict[str, Any] = field(default_factory=dict)  # EvalConfig fields
-    agent: dict[str, Any] = field(default_factory=dict)  # the algorithm's own config
-
-    def env_overrides(self) -> dict[str, Any]:
-        """``env`` without ``action_mode``: the agent decides that, in training and in evaluation alike."""
-        return {k: v for k, v in self.env.items() if k != "action_mode"}
-
-    def eval_config(self) -> "EvalConfig":
-        from retentionrl.evaluation.protocol import EvalConfig
-
-        cfg = from_dict(EvalConfig, {"preset": self.preset, "env_overrides": self.env_overrides(), **self.eval}, "eval")
-        cfg.validate()
-        return cfg
+__all__ = ["RunConfig", "RunDir", "TrainConfig", "train"]  # RunConfig / RunDir live in training.run
 
 
 @dataclass
@@ -64,61 +39,18 @@ class TrainConfig(RunConfig):
     buffer_size: int = 100_000
 
 
-class RunDir:
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.config = self.path / "config.yaml"
-        self.metrics = self.path / "metrics.jsonl"
-        self.checkpoint = self.path / "checkpoints" / "last.pt"
-        self.summary = self.path / "summary.json"
-
-    @classmethod
-    def open(cls, path: str | Path, cfg_dict: dict[str, Any], resume: bool) -> "RunDir":
-        """A new run writes its config; a resumed one must have been started with the same config."""
-        run = cls(path)
-        if resume:
-            run.check_is_run()
-            saved = yaml.safe_load(run.config.read_text())
-            if saved != cfg_dict:
-                diff = sorted(k for k in set(saved) | set(cfg_dict) if saved.get(k) != cfg_dict.get(k))
-                raise RetentionRLError(f"{run.path}: resuming with a different config (differs in: {', '.join(diff)})")
-        else:
-            if run.config.exists():
-                raise RetentionRLError(f"{run.path}: already holds a run (use --resume to continue it)")
-            run.path.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(run.config, yaml.safe_dump(cfg_dict, sort_keys=False))
-        return run
-
-    def check_is_run(self) -> None:
-        if not self.config.is_file():
-            raise RetentionRLError(f"{self.path}: not a run directory (no config.yaml)")
-
-    def log(self, record: dict[str, Any]) -> None:
-        with open(self.metrics, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-
-    def truncate_metrics(self, step: int) -> None:
-        """Drop records written after ``step`` (they belong to the part of the run being replayed)."""
-        if not self.metrics.is_file():
-            return
-        keep = [ln for ln in self.metrics.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-        write_text_atomic(self.metrics, "".join(k + "\n" for k in keep))
-
-
-def train(cfg: TrainConfig, sim, run_dir: str | Path, resume: bool = False, progress: bool = True,
+def train(cfg: TrainConfig, sim: Simulator, run_dir: str | Path, resume: bool = False, progress: bool = True,
           stop_after: int | None = None) -> dict[str, Any] | None:
     """Train ``cfg.algo`` in ``sim``; returns the summary, or None when ``stop_after`` (a step count, e.g. to fit
-    a job's time limit) ends the call early with a checkpoint to ``resume`` from."""
-    from retentionrl.agents import make_agent
-    from retentionrl.evaluation.protocol import evaluate_policy
-
+    a job's time limit) ends the call early with a checkpoint to ``resume`` from. Resuming on a simulator with
+    another fingerprint than the run's is refused."""
     torch.manual_seed(cfg.seed)
     agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed)
     env = sim.make_env(cfg.preset, n_users=cfg.n_users, users="train", action_mode=agent.action_mode,
                        **cfg.env_overrides())
     eval_cfg = cfg.eval_config()
     # Only now, with the config known to be good, does anything get written (a bad config leaves no run dir).
-    run = RunDir.open(run_dir, to_dict(cfg), resume)
+    run = RunDir.open(run_dir, to_dict(cfg), resume, sim)
     obs = env.reset(seed=cfg.seed)
     action_shape = (7,) if env.cfg.action_mode == "fusion" else (len(obs.candidates),)
     # Only agents that learn from replay batches get the loop's buffer (on-policy / own-buffer agents do not).
@@ -191,6 +123,6 @@ def train(cfg: TrainConfig, sim, run_dir: str | Path, resume: bool = False, prog
     if last_eval is None:  # resumed a finished run
         last_eval = evaluate_policy(agent, sim, eval_cfg)["mean"]
     summary = {"algo": cfg.algo, "seed": cfg.seed, "steps": cfg.total_steps, "train_seconds": round(time.time() - t0, 1),
-               "simulator": sim.meta.get("dataset"), "eval": last_eval}
+               "simulator": sim.meta.get("dataset"), "eval": last_eval, **run.provenance(sim, eval_cfg)}
     write_json_atomic(run.summary, summary)
     return summary

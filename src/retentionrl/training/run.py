@@ -1,0 +1,176 @@
+"""What every training run has, online or offline: its config (:class:`RunConfig`), its directory (:class:`RunDir`)
+and its provenance (which simulator bundle made it).
+
+A run directory holds ``config.yaml`` (the full train config plus a ``bundle:`` section), ``metrics.jsonl``,
+``checkpoints/last.pt`` and ``summary.json``. The ``bundle`` section (also copied into ``summary.json``) is::
+
+    bundle: {fingerprint: <sha256 of the simulator, Simulator.fingerprint>, path: <bundle dir>, dataset: <name>}
+
+``path`` is relative to the run directory, so a project tree holding both can move; it is absolute only when the
+bundle and the run share no directory but ``/`` (e.g. ``/data/bundles/x`` for ``/home/me/runs/y``), and ``null``
+for a simulator that was never loaded from disk. The fingerprint is what is checked: resuming, evaluating or
+comparing on another simulator is refused, naming both fingerprints; ``path`` is where ``retentionrl evaluate RUN``
+and ``train --resume RUN`` find the simulator when no ``--simulator`` is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from retentionrl.config import from_dict, to_dict
+from retentionrl.errors import RetentionRLError
+from retentionrl.evaluation.protocol import EvalConfig
+from retentionrl.simulator.bundle import SHORT, Simulator
+from retentionrl.utils.io import write_text_atomic
+
+#: the config.yaml / summary.json section that records the simulator
+BUNDLE_KEY = "bundle"
+
+
+@dataclass
+class RunConfig:
+    """What every training run has, online or offline."""
+
+    algo: str = "td3"
+    label: str | None = None  # name in comparison tables (default: algo)
+    seed: int = 0
+    preset: str = "kuaisim"
+    env: dict[str, Any] = field(default_factory=dict)  # EnvConfig overrides
+    log_every: int = 100
+    eval_every: int = 1000
+    checkpoint_every: int = 500
+    eval: dict[str, Any] = field(default_factory=dict)  # EvalConfig fields
+    agent: dict[str, Any] = field(default_factory=dict)  # the algorithm's own config
+
+    def env_overrides(self) -> dict[str, Any]:
+        """``env`` without ``action_mode``: the agent decides that, in training and in evaluation alike."""
+        return {k: v for k, v in self.env.items() if k != "action_mode"}
+
+    def eval_config(self) -> EvalConfig:
+        cfg = from_dict(EvalConfig, {"preset": self.preset, "env_overrides": self.env_overrides(), **self.eval}, "eval")
+        cfg.validate()
+        return cfg
+
+
+def portable_path(target: str | Path, start: str | Path) -> str:
+    """``target`` relative to the directory ``start`` (both resolved), or absolute when they share only ``/``."""
+    target, start = Path(target).resolve(), Path(start).resolve()
+    if os.path.commonpath([target, start]) == target.anchor:
+        return str(target)
+    return os.path.relpath(target, start)
+
+
+def bundle_record(sim: Simulator, run_dir: str | Path) -> dict[str, Any]:
+    """The ``bundle`` section of a run in ``run_dir`` made on ``sim``."""
+    path = getattr(sim, "path", None)
+    return {"fingerprint": sim.fingerprint, "path": None if path is None else portable_path(path, run_dir),
+            "dataset": sim.meta.get("dataset")}
+
+
+def describe(record: dict[str, Any] | None) -> str:
+    """``<short fingerprint> (<path>)`` for messages."""
+    if record is None:
+        return "an unrecorded simulator"
+    return f"{str(record['fingerprint'])[:SHORT]} ({record.get('path') or 'in memory'})"
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.config = self.path / "config.yaml"
+        self.metrics = self.path / "metrics.jsonl"
+        self.checkpoint = self.path / "checkpoints" / "last.pt"
+        self.summary = self.path / "summary.json"
+        self.bundle: dict[str, Any] | None = None  # the recorded simulator (set by open / read_config)
+
+    @classmethod
+    def open(cls, path: str | Path, cfg_dict: dict[str, Any], resume: bool, sim: Simulator) -> "RunDir":
+        """A new run writes its config and ``sim``'s record; a resumed one must have been started with the same
+        config on the same simulator (same fingerprint; the bundle may have moved)."""
+        run = cls(path)
+        if resume:
+            saved, record = run.read_config()
+            if saved != cfg_dict:
+                diff = sorted(k for k in set(saved) | set(cfg_dict) if saved.get(k) != cfg_dict.get(k))
+                raise RetentionRLError(f"{run.path}: resuming with a different config (differs in: {', '.join(diff)})")
+            run.resumable_record()
+            run.check_simulator(sim, "resume")
+        else:
+            if run.config.exists():
+                raise RetentionRLError(f"{run.path}: already holds a run (use --resume to continue it)")
+            run.bundle = bundle_record(sim, run.path)
+            run.path.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(run.config, yaml.safe_dump({**cfg_dict, BUNDLE_KEY: run.bundle}, sort_keys=False))
+        return run
+
+    def check_is_run(self) -> None:
+        if not self.config.is_file():
+            raise RetentionRLError(f"{self.path}: not a run directory (no config.yaml)")
+
+    def read_config(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """(train config as saved, ``bundle`` record or None for a run made before runs recorded it)."""
+        self.check_is_run()
+        raw = yaml.safe_load(self.config.read_text())
+        if not isinstance(raw, dict):
+            raise RetentionRLError(f"{self.config}: not a run config (a YAML mapping)")
+        record = raw.pop(BUNDLE_KEY, None)
+        if record is not None and not (isinstance(record, dict) and isinstance(record.get("fingerprint"), str)):
+            raise RetentionRLError(f"{self.config}: '{BUNDLE_KEY}' must be a mapping with a 'fingerprint'")
+        self.bundle = record
+        return raw, record
+
+    def resumable_record(self) -> dict[str, Any]:
+        """The ``bundle`` record, or an error for a run made before runs recorded it (its simulator is unknown)."""
+        rec = self.bundle if self.bundle is not None else self.read_config()[1]
+        if rec is None:
+            raise RetentionRLError(f"{self.config}: records no simulator fingerprint (a run made before runs recorded "
+                                   "their bundle), so resuming cannot check the simulator; start the run again")
+        return rec
+
+    def check_simulator(self, sim: Simulator, action: str = "evaluate") -> None:
+        """Refuse ``sim`` if it is not the simulator the run was made on (a run with no record passes: the caller
+        chose the simulator explicitly)."""
+        rec = self.bundle if self.bundle is not None else self.read_config()[1]
+        if rec is not None and rec["fingerprint"] != sim.fingerprint:
+            given = describe({"fingerprint": sim.fingerprint, "path": str(sim.path) if sim.path else None})
+            raise RetentionRLError(f"{self.path}: made on simulator {describe(rec)}, cannot {action} it on "
+                                   f"simulator {given}")
+
+    def simulator_path(self) -> Path:
+        """Where the run's own bundle is (for commands given no ``--simulator``)."""
+        rec = self.bundle if self.bundle is not None else self.read_config()[1]
+        if rec is None:
+            raise RetentionRLError(f"{self.config}: records no simulator bundle (a run made before runs recorded "
+                                   "it); pass --simulator BUNDLE")
+        if rec.get("path") is None:
+            raise RetentionRLError(f"{self.path}: made on an in-memory simulator ({describe(rec)}); pass --simulator")
+        return Path(os.path.normpath(self.path / rec["path"]))
+
+    def load_simulator(self, simulator: str | Path | None = None) -> Simulator:
+        """``simulator`` (checked against the record) or the run's own bundle."""
+        sim = Simulator.load(simulator if simulator is not None else self.simulator_path())
+        self.check_simulator(sim)
+        return sim
+
+    def provenance(self, sim: Simulator, eval_cfg: EvalConfig) -> dict[str, Any]:
+        """What ``summary.json`` records besides the results: the simulator, the resolved evaluation protocol and
+        the size of the user pool it drew from (``compare`` checks the first two and prints the last)."""
+        return {BUNDLE_KEY: self.bundle, "eval_config": to_dict(eval_cfg),
+                "eval_pool_users": len(sim.user_pool(eval_cfg.users))}
+
+    def log(self, record: dict[str, Any]) -> None:
+        with open(self.metrics, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop records written after ``step`` (they belong to the part of the run being replayed)."""
+        if not self.metrics.is_file():
+            return
+        keep = [ln for ln in self.metrics.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        write_text_atomic(self.metrics, "".join(k + "\n" for k in keep))
