@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 
 from retentionrl.bench.grid import cells, run_grid
@@ -25,9 +27,11 @@ def test_grid_runs_skips_finished_and_compares(tiny_sim, tmp_path, capsys):
     grid = cells(_configs(tmp_path), [0, 1, 2], tmp_path / "runs", bundle)
     done = run_grid(grid, log=lambda *_: None)
     assert len(done) == 6
-    stamp = (tmp_path / "runs" / "fixed" / "seed0" / "summary.json").stat().st_mtime_ns
+    first = Path(grid[0].run_dir) / "summary.json"
+    assert first.parent.parent == tmp_path / "runs" / "fixed" and first.parent.name.startswith("seed0-")
+    stamp = first.stat().st_mtime_ns
     assert len(run_grid(grid, log=lambda *_: None)) == 6
-    assert (tmp_path / "runs" / "fixed" / "seed0" / "summary.json").stat().st_mtime_ns == stamp  # skipped
+    assert first.stat().st_mtime_ns == stamp  # skipped
 
     runs = load_runs(done)
     assert set(runs) == {"fixed", "rand"} and all(len(v) == 3 for v in runs.values())
@@ -38,6 +42,38 @@ def test_grid_runs_skips_finished_and_compares(tiny_sim, tmp_path, capsys):
     assert main(["compare", *done, "--out", str(tmp_path / "cmp"), "--reference", "fixed"]) == 0
     assert (tmp_path / "cmp" / "training_curves.png").is_file()
     assert "Welch t-test against **fixed**" in capsys.readouterr().out
+
+
+def test_grid_reruns_exactly_the_cells_whose_config_or_bundle_changed(tiny_sim, tmp_path):
+    """A cell is keyed by its resolved config and the bundle fingerprint: an edited config reruns its cells (in
+    new directories, the old results untouched and not returned), another bundle reruns every cell."""
+    from retentionrl.simulator.bundle import Simulator
+
+    bundle = str(tiny_sim.save(tmp_path / "bundle"))
+    fixed, rand = _configs(tmp_path)
+    log: list[str] = []
+    grid = cells([fixed, rand], [0], tmp_path / "runs", bundle)
+    before = run_grid(grid, log=lambda *_: None)
+    stamps = {d: (Path(d) / "summary.json").stat().st_mtime_ns for d in before}
+
+    edited = yaml.safe_load(fixed.read_text())
+    edited["agent"]["weights"] = [-1, 0, 0, 0, 0, 0, 0]
+    fixed.write_text(yaml.safe_dump(edited))
+    grid2 = cells([fixed, rand], [0], tmp_path / "runs", bundle)
+    after = run_grid(grid2, log=log.append)
+    assert log[0] == "[grid] 2 cells, 1 already finished, 1 to run"
+    assert after[1] == before[1] and after[0] != before[0]  # rand kept, fixed rerun elsewhere
+    assert {d: (Path(d) / "summary.json").stat().st_mtime_ns for d in before} == stamps  # nothing overwritten
+    runs = load_runs(after)
+    assert yaml.safe_load((Path(after[0]) / "config.yaml").read_text())["agent"]["weights"][0] == -1
+    assert runs["fixed"][0]["eval"]["click_rate"] < load_runs(before)["fixed"][0]["eval"]["click_rate"]
+
+    other = Simulator(tiny_sim.response, tiny_sim.leave_model, tiny_sim.return_model, dict(tiny_sim.tensors),
+                      {**tiny_sim.meta, "reference_reward": tiny_sim.meta["reference_reward"] + 1},
+                      tiny_sim.build_config).save(tmp_path / "bundle2")
+    log.clear()
+    moved = run_grid(cells([fixed, rand], [0], tmp_path / "runs", str(other)), log=log.append)
+    assert log[0] == "[grid] 2 cells, 0 already finished, 2 to run" and not set(moved) & set(after)
 
 
 def test_compare_rejects_unfinished_or_foreign_dirs(tmp_path, capsys):
@@ -57,7 +93,8 @@ def test_grid_variants_sweep_plot_and_reference_among_baselines(tiny_sim, tmp_pa
     done = run_grid(cells([*variants, rand], [0, 1], tmp_path / "runs", bundle), log=lambda *_: None)
     runs = load_runs(done)
     assert set(runs) == {"fixed-w0.5", "fixed-w-1", "rand"}
-    cfg = yaml.safe_load((tmp_path / "runs" / "fixed-w-1" / "seed0" / "config.yaml").read_text())
+    (run,) = (tmp_path / "runs" / "fixed-w-1").glob("seed0-*")
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["agent"]["weights"][0] == -1.0 and cfg["label"] == "fixed-w-1"
     # Ranking against clicks (w = -1) shows fewer clicks than ranking by them (w = 0.5).
     assert runs["fixed-w-1"][0]["eval"]["click_rate"] < runs["fixed-w0.5"][0]["eval"]["click_rate"]

@@ -1,22 +1,35 @@
 """A grid of training runs (methods × seeds) that can be filled over several sittings.
 
-Each cell is an ordinary run directory ``RUNS/<method>/seed<k>``: a finished cell (``summary.json``) is skipped,
-an interrupted one is resumed from its checkpoint, a missing one is started. Cells run one after another, or in
-worker processes (``workers > 1``); each process uses one torch thread so that workers do not oversubscribe
-the cores. The table is rebuilt from whatever cells have finished.
+Each cell is an ordinary run directory ``RUNS/<method>/seed<k>-<key>``, where ``key`` (:data:`KEY_DIGITS` hex
+digits) hashes the cell's resolved config (after ``extends``, the variant's overrides, seed and label) together
+with the simulator bundle's fingerprint. A finished cell (``summary.json``) whose key matches is skipped, an
+interrupted one is resumed from its checkpoint, a missing one is started: editing a config, or rebuilding the
+bundle, reruns exactly the cells it changes, in new directories (old results stay where they were and are not
+read). Cells run one after another, or in worker processes (``workers > 1``); each process uses one torch thread
+so that workers do not oversubscribe the cores, and loads a bundle once. The table is rebuilt from whatever
+cells have finished.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from retentionrl.config import from_dict, load_config, merge
+from retentionrl.errors import RetentionRLError
+from retentionrl.simulator.bundle import Simulator
+from retentionrl.training import trainer_for
+
+KEY_DIGITS = 12
 
 
 @dataclass
@@ -27,39 +40,64 @@ class Cell:
     run_dir: str
     simulator: str
     overrides: dict[str, Any] = field(default_factory=dict)  # merged over the config (a sweep point)
+    key: str = ""  # cell_key(resolved config, bundle fingerprint), also the run directory's suffix
 
 
 Variant = tuple[str, "str | Path", dict[str, Any]]  # (label, config, overrides)
 
 
+@lru_cache(maxsize=2)
+def _load_bundle(path: str) -> Simulator:
+    return Simulator.load(path)
+
+
+def load_bundle(path: str | Path) -> Simulator:
+    """A bundle loaded once per process (grid cells of one bundle share it)."""
+    return _load_bundle(str(Path(path).resolve()))
+
+
+def resolved_config(config: str | Path, overrides: dict[str, Any], seed: int, label: str) -> dict[str, Any]:
+    """The train config a cell runs: the file (``extends`` resolved), the overrides, then seed and label."""
+    return merge(merge(load_config(config), overrides), {"seed": seed, "label": label})
+
+
+def cell_key(raw: dict[str, Any], fingerprint: str) -> str:
+    """:data:`KEY_DIGITS` hex digits of sha256 over the canonical JSON of the resolved config and the bundle."""
+    text = json.dumps({"config": raw, "bundle": fingerprint}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:KEY_DIGITS]
+
+
 def cells(configs: list["str | Path | Variant"], seeds: list[int], runs_root: str | Path, simulator: str) -> list[Cell]:
     """One cell per (config, seed). An entry is a config path (labelled by its stem) or a ``(label, config,
     overrides)`` variant, e.g. ``("gfn4retention-lam0.5", "configs/train/gfn4retention-kuaisim.yaml",
-    {"agent": {"lam": 0.5}})``. Runs go to ``runs_root/<label>/seed<k>``."""
+    {"agent": {"lam": 0.5}})``. Runs go to ``runs_root/<label>/seed<k>-<key>``; the bundle is loaded here (once)
+    for its fingerprint, so a missing bundle or a bad config fails before anything runs."""
+    fingerprint = load_bundle(simulator).fingerprint
     out = []
     for entry in configs:
         label, config, over = entry if isinstance(entry, tuple) else (Path(entry).stem, entry, {})
         for s in seeds:
-            out.append(Cell(label, str(config), s, str(Path(runs_root) / label / f"seed{s}"), simulator, dict(over)))
+            key = cell_key(resolved_config(config, over, s, label), fingerprint)
+            out.append(Cell(label, str(config), s, str(Path(runs_root) / label / f"seed{s}-{key}"), simulator,
+                            dict(over), key))
     return out
 
 
 def run_cell(cell: Cell, threads: int | None = None) -> str:
     """Train one cell to completion (resuming if it was interrupted); returns its run directory."""
-    import torch
-
-    from retentionrl.simulator.bundle import Simulator
-    from retentionrl.training import trainer_for
-
     if threads:
         torch.set_num_threads(threads)
     run = Path(cell.run_dir)
     if (run / "summary.json").is_file():
         return cell.run_dir
-    raw = merge(merge(load_config(cell.config), cell.overrides), {"seed": cell.seed, "label": cell.method})
+    raw = resolved_config(cell.config, cell.overrides, cell.seed, cell.method)
+    sim = load_bundle(cell.simulator)
+    if cell_key(raw, sim.fingerprint) != cell.key:  # edited between planning the grid and running the cell
+        raise RetentionRLError(f"{cell.config} or {cell.simulator} changed since the grid was planned "
+                               f"(cell {cell.run_dir}); plan it again")
     config_cls, train = trainer_for(raw.get("algo", "td3"))
     cfg = from_dict(config_cls, raw, cell.config)
-    train(cfg, Simulator.load(cell.simulator), run, resume=(run / "config.yaml").is_file(), progress=False)
+    train(cfg, sim, run, resume=(run / "config.yaml").is_file(), progress=False)
     return cell.run_dir
 
 
