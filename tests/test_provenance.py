@@ -185,3 +185,17 @@ def test_compare_refuses_duplicates_other_bundles_and_other_protocols(tmp_path, 
     g = _finished(tmp_path, sim, "g", seed=1, eval={**EVAL, "users": "all"})
     md, _, _ = comparison_table(load_runs([f, g]))
     assert f"drawn from all {sim.n_users} users (held-out and training)" in md and "held-out users of" not in md
+
+
+def test_offline_runs_record_and_check_the_simulator_too(tmp_path):
+    from retentionrl.training.offline import OfflineTrainConfig, train_offline
+
+    sim, other = _bundle(tmp_path), _bundle(tmp_path, "other", seed=1)
+    cfg = OfflineTrainConfig(algo="bc", seed=2, env={"max_sessions": 2}, behaviour="random", n_log_users=4,
+                             log_steps=4, total_updates=6, batch_size=8, log_every=3, eval_every=6,
+                             checkpoint_every=3, eval=EVAL, agent={"hidden": [8], "state_dim": 8, "token_dim": 8})
+    assert train_offline(cfg, sim, tmp_path / "bc", progress=False, stop_after=3) is None
+    with pytest.raises(RetentionRLError, match=f"made on simulator {sim.fingerprint[:16]}.*{other.fingerprint[:16]}"):
+        train_offline(cfg, other, tmp_path / "bc", resume=True, progress=False)
+    summary = train_offline(cfg, sim, tmp_path / "bc", resume=True, progress=False)
+    assert summary["bundle"]["fingerprint"] == sim.fingerprint and summary["eval_config"]["n_episodes"] == 8

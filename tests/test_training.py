@@ -169,7 +169,13 @@ def test_reevaluate_script_gives_one_line_errors(tiny_sim, tmp_path, monkeypatch
         with pytest.raises(SystemExit) as e:
             runpy.run_path(script, run_name="__main__")
         assert str(e.value).startswith("error: ") and message in str(e.value) and "\n" not in str(e.value)
-    monkeypatch.setattr(sys, "argv", ["reevaluate.py", str(tmp_path / "r"), "--simulator", bundle, "--eval",
+    monkeypatch.setattr(sys, "argv", ["reevaluate.py", str(tmp_path / "r"), "--eval",  # the run's own bundle
                                       "{n_users: 4, n_episodes: 4}"])
     runpy.run_path(script, run_name="__main__")
     assert "return_time" in capsys.readouterr().out
+    other = type(tiny_sim)(tiny_sim.response, tiny_sim.leave_model, tiny_sim.return_model, dict(tiny_sim.tensors),
+                           {**tiny_sim.meta, "reference_reward": 0.0}, tiny_sim.build_config).save(tmp_path / "b2")
+    monkeypatch.setattr(sys, "argv", ["reevaluate.py", str(tmp_path / "r"), "--simulator", str(other)])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(script, run_name="__main__")
+    assert str(e.value).startswith("error: ") and tiny_sim.fingerprint[:16] in str(e.value)

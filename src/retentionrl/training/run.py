@@ -154,6 +154,7 @@ class RunDir:
 
     def load_simulator(self, simulator: str | Path | None = None) -> Simulator:
         """``simulator`` (checked against the record) or the run's own bundle."""
+        self.read_config()  # a wrong run path fails before any bundle is loaded
         sim = Simulator.load(simulator if simulator is not None else self.simulator_path())
         self.check_simulator(sim)
         return sim
