@@ -4,8 +4,9 @@ evaluation on held-out simulated users, mean ± 95% CI and Welch t-tests against
     python benchmarks/baselines_kuairand.py [--bundle bundles/kuairand-pure] [--seeds 0 1 2 3 4] [--workers 1]
                                             [--methods td3-kuaisim sac-kuaisim ...]
 
-Finished runs under runs/baselines-kuairand/ are kept and skipped, so the grid can be filled over several
-sittings; an interrupted run resumes from its checkpoint. Writes docs/results/baselines_kuairand.md (+ .csv,
+Finished runs under runs/baselines-kuairand/<method>/seed<k>-<key> are kept and skipped, so the grid can be
+filled over several sittings; an interrupted run resumes from its checkpoint; a cell whose config or bundle
+changed (another key) is rerun. Writes docs/results/baselines_kuairand.md (+ .csv,
 training curves PNG). Build the bundle first with benchmarks/simulator_build.py.
 """
 

@@ -4,7 +4,8 @@
                                            [--seeds 0 1 2 3 4] [--ablation-seeds 0 1 2]
 
 Parts (each a resumable grid; finished runs are kept and skipped, so the tables can be filled over several
-sittings — rerun the same command):
+sittings — rerun the same command; a cell whose config or bundle changed is rerun, in its own
+``<label>/seed<k>-<key>`` directory, see ``retentionrl.bench.grid``):
 
 * ``kuairand``: TD3, SAC, DIN, CEM, RLUR, GFN4Retention x 5 seeds on ``bundles/kuairand-pure`` (KuaiSim
   preset). Runs live in ``runs/baselines-kuairand`` (shared with ``baselines_kuairand.py``).

@@ -128,6 +128,11 @@ def test_cli_resume_alone_evaluate_without_simulator_and_refusals(tmp_path, caps
     moved = tmp_path.with_name(tmp_path.name + "-moved")
     assert main(["evaluate", str(moved / "run")]) == 0
     assert json.loads(capsys.readouterr().out) == summary["eval"]
+    shutil.move(str(moved / "bundle"), str(moved / "elsewhere"))
+    assert main(["evaluate", str(moved / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not at" in err[0] and "pass --simulator" in err[0]
+    assert main(["evaluate", str(moved / "run"), "--simulator", str(moved / "elsewhere")]) == 0
     shutil.move(str(moved), str(tmp_path))
 
 

@@ -20,7 +20,7 @@ import yaml
 
 from retentionrl.config import from_dict, to_dict
 from retentionrl.errors import RetentionRLError
-from retentionrl.evaluation.stats import compare_runs
+from retentionrl.evaluation.stats import compare_runs, mean_ci
 from retentionrl.simulator.bundle import SHORT
 from retentionrl.training import trainer_for
 from retentionrl.training.run import BUNDLE_KEY
@@ -196,8 +196,6 @@ def sweep_plot(runs: dict[str, list[dict[str, Any]]], values: dict[str, float], 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from retentionrl.evaluation.stats import mean_ci
 
     order = sorted((m for m in values if m in runs), key=values.get)
     stats = {metric: [mean_ci([r["eval"][metric] for r in runs[m]]) for m in order] for metric in metrics}

@@ -4,8 +4,8 @@ A run directory (:class:`~retentionrl.training.run.RunDir`) holds ``config.yaml`
 simulator's fingerprint and path), ``metrics.jsonl`` (one JSON object per log / eval event),
 ``checkpoints/last.pt`` (agent, replay buffer, environment and RNG states; atomic) and ``summary.json`` (results,
 simulator, resolved evaluation protocol). Paths inside are relative, so a run directory can be moved between
-machines. ``resume`` continues from the last
-checkpoint and reaches the same result as an uninterrupted run with the same seed.
+machines. ``resume`` continues from the last checkpoint and reaches the same result as an uninterrupted run with
+the same seed.
 """
 
 from __future__ import annotations

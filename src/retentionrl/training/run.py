@@ -150,7 +150,11 @@ class RunDir:
                                    "it); pass --simulator BUNDLE")
         if rec.get("path") is None:
             raise RetentionRLError(f"{self.path}: made on an in-memory simulator ({describe(rec)}); pass --simulator")
-        return Path(os.path.normpath(self.path / rec["path"]))
+        path = Path(os.path.normpath(self.path / rec["path"]))
+        if not path.is_dir():
+            raise RetentionRLError(f"{self.path}: its simulator bundle {describe(rec)} is not at {path} (moved?); "
+                                   "pass --simulator BUNDLE (a bundle with the same fingerprint)")
+        return path
 
     def load_simulator(self, simulator: str | Path | None = None) -> Simulator:
         """``simulator`` (checked against the record) or the run's own bundle."""
