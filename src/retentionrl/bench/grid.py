@@ -47,13 +47,15 @@ Variant = tuple[str, "str | Path", dict[str, Any]]  # (label, config, overrides)
 
 
 @lru_cache(maxsize=2)
-def _load_bundle(path: str) -> Simulator:
+def _load_bundle(path: str, stamp: int) -> Simulator:
     return Simulator.load(path)
 
 
 def load_bundle(path: str | Path) -> Simulator:
-    """A bundle loaded once per process (grid cells of one bundle share it)."""
-    return _load_bundle(str(Path(path).resolve()))
+    """A bundle loaded once per process (grid cells of one bundle share it); re-saving it reloads it."""
+    path = Path(path).resolve()
+    weights = path / "weights.pt"
+    return _load_bundle(str(path), weights.stat().st_mtime_ns if weights.is_file() else -1)
 
 
 def resolved_config(config: str | Path, overrides: dict[str, Any], seed: int, label: str) -> dict[str, Any]:
