@@ -64,7 +64,7 @@ from retentionrl.agents.base import Agent
 from retentionrl.bench.grid import run_parallel
 from retentionrl.evaluation.stats import mean_ci, welch_t_test
 from retentionrl.simulator.env import Obs
-from retentionrl.simulator.gym import FlatLayout, flat_features
+from retentionrl.spaces import FlatLayout, flat_features
 from retentionrl.utils.io import write_json_atomic, write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from retentionrl.errors import RetentionRLError
-from retentionrl.simulator.env import Obs, StepOutput
+from retentionrl.spaces import Obs, StepOutput
 
 
 class Agent(ABC):

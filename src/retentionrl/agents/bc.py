@@ -13,7 +13,7 @@ from retentionrl.agents.base import Agent
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.actor_critic import AgentSpec, encoder
 from retentionrl.nets.encoders import mlp
-from retentionrl.simulator.env import Obs
+from retentionrl.spaces import Obs, obs_from_batch
 
 
 @dataclass
@@ -61,8 +61,6 @@ class BC(Agent):
 
     def fit_batch(self, batch: dict[str, Tensor]) -> dict[str, float]:
         """One MSE step: obs fields of the batch -> logged ``action`` (M, 7) float."""
-        from retentionrl.training.buffer import obs_from_batch
-
         target = batch["action"]
         if not target.is_floating_point() or target.shape[1:] != (self.spec.n_behaviours,):
             raise RetentionRLError(

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from retentionrl.agents.base import Agent
 from retentionrl.errors import RetentionRLError
-from retentionrl.simulator.env import NB, Obs, StepOutput
+from retentionrl.spaces import NB, Obs, StepOutput
 
 
 @dataclass

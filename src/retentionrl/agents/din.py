@@ -40,7 +40,7 @@ from retentionrl.agents.base import Agent
 from retentionrl.data.schema import BEHAVIOURS
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.encoders import FeatureEncoder, mlp
-from retentionrl.simulator.env import Obs
+from retentionrl.spaces import Obs, obs_from_batch
 
 
 @dataclass
@@ -215,8 +215,6 @@ class DIN(Agent):
     def fit_batch(self, batch: dict[str, Tensor]) -> dict[str, float]:
         """One BCE step on the logged exposures: ``slate`` (M, K) long, ``responses`` (M, K, 7) and the obs fields
         (the state the request was made in)."""
-        from retentionrl.training.buffer import obs_from_batch
-
         if "slate" not in batch or "responses" not in batch:
             raise RetentionRLError("din learns from logged slates: the batch needs 'slate' and 'responses' "
                                    "(use retentionrl.training.offline logs)")

@@ -14,7 +14,7 @@ decays linearly from ``eps_start`` to ``eps_end`` over ``eps_decay_steps`` gradi
 
 Learning happens in :meth:`observe`, not through the training loop's replay buffer. The loop stores what ``act``
 returned, (B, C) candidate scores for an item-level agent, which is large and does not say which items were shown.
-The agent therefore keeps its own :class:`~retentionrl.training.buffer.ReplayBuffer` whose ``action`` is the
+The agent therefore keeps its own :class:`~retentionrl.replay.ReplayBuffer` whose ``action`` is the
 shown slate (K,) long (``out.slate``), created on the first ``observe``; ``learns = False`` so the loop never
 samples its own buffer for this agent (give the loop a small ``buffer_size``: its rows are never read). Once the
 internal buffer holds ``learning_starts`` transitions, every ``observe`` does ``updates_per_step`` gradient steps
@@ -51,7 +51,8 @@ from retentionrl.agents.base import Agent
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.actor_critic import AgentSpec, done_mask, encoder, mixed_reward, soft_update
 from retentionrl.nets.encoders import FeatureEncoder, mlp
-from retentionrl.simulator.env import Obs, StepOutput
+from retentionrl.replay import ReplayBuffer
+from retentionrl.spaces import OBS_FIELDS, Obs, StepOutput, obs_from_batch
 
 
 @dataclass
@@ -169,8 +170,6 @@ class DQN(Agent):
 
     # --- learning --------------------------------------------------------------------------------------------
     def _make_buffer(self, obs_example: Obs, K: int):
-        from retentionrl.training.buffer import ReplayBuffer
-
         return ReplayBuffer(self.cfg.buffer_size, obs_example, (K,), torch.long, seed=self.seed + 2)
 
     def observe(self, obs: Obs, action: Tensor, out: StepOutput) -> dict[str, float]:
@@ -193,8 +192,6 @@ class DQN(Agent):
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
         """One gradient step from a batch of the internal buffer (``action`` = shown slate (M, K) long)."""
-        from retentionrl.training.buffer import obs_from_batch
-
         cfg = self.cfg
         slate = batch["action"].long()
         obs = obs_from_batch(batch)
@@ -230,8 +227,6 @@ class DQN(Agent):
                 "buffer": None if self.buffer is None else self.buffer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        from retentionrl.training.buffer import OBS_FIELDS
-
         self.q.load_state_dict(state["q"])
         self.q_t.load_state_dict(state["q_t"])
         self.opt.load_state_dict(state["opt"])

@@ -43,7 +43,7 @@ from retentionrl.nets.actor_critic import (
 )
 from retentionrl.nets.encoders import mlp
 from retentionrl.nets.state import ContextDetector, StateEncoder
-from retentionrl.simulator.env import Obs
+from retentionrl.spaces import OBS_FIELDS, Obs, obs_from_batch
 
 
 @dataclass
@@ -142,8 +142,6 @@ class GFN4Retention(TorchAgent):
         return squashed_sample(mu, log_std, self.gen)[0] if explore else torch.tanh(mu)
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        from retentionrl.training.buffer import OBS_FIELDS, obs_from_batch
-
         cfg, n = self.cfg, self.nets
         N = batch["reward"].shape[0]
         # s and s' through the encoders in one pass of 2N rows (half the ops of two passes).

@@ -56,7 +56,7 @@ from retentionrl.nets.actor_critic import (
 from retentionrl.nets.encoders import GroupedMLP
 from retentionrl.nets.rnd import RND
 from retentionrl.nets.state import UserGroups
-from retentionrl.simulator.env import Obs
+from retentionrl.spaces import Obs, obs_from_batch
 
 
 @dataclass
@@ -144,8 +144,6 @@ class RLUR(TorchAgent):
         return squashed_sample(mu, log_std, self.gen)[0] if explore else torch.tanh(mu)
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        from retentionrl.training.buffer import obs_from_batch
-
         cfg = self.cfg
         obs, nxt = obs_from_batch(batch), obs_from_batch(batch, "next_")
         g, g2 = self.groups(obs), self.groups(nxt)

@@ -33,7 +33,7 @@ from retentionrl.nets.actor_critic import (
     ActorCriticConfig, AgentSpec, Critic, GaussianActor, critic_step, done_mask, gradient_step, mixed_reward,
     soft_update,
 )
-from retentionrl.simulator.env import Obs
+from retentionrl.spaces import Obs, obs_from_batch
 
 
 @dataclass
@@ -76,8 +76,6 @@ class SAC(TorchAgent):
         return torch.tanh(self.actor(obs)[0])
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        from retentionrl.training.buffer import obs_from_batch
-
         cfg = self.cfg
         obs, nxt = obs_from_batch(batch), obs_from_batch(batch, "next_")
         r = mixed_reward(batch, cfg.retention_weight, cfg.immediate_weight)  # (N,)

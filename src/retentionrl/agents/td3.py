@@ -20,7 +20,7 @@ from retentionrl.nets.actor_critic import (
     ActorCriticConfig, AgentSpec, Critic, DeterministicActor, critic_step, done_mask, gradient_step, mixed_reward,
     noisy_action, soft_update,
 )
-from retentionrl.simulator.env import Obs
+from retentionrl.spaces import Obs, obs_from_batch
 
 
 @dataclass
@@ -52,8 +52,6 @@ class TD3(TorchAgent):
         return noisy_action(self.actor, obs, self.cfg.exploration_noise, self.gen if explore else None)
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        from retentionrl.training.buffer import obs_from_batch
-
         cfg = self.cfg
         obs, nxt = obs_from_batch(batch), obs_from_batch(batch, "next_")
         r = mixed_reward(batch, cfg.retention_weight, cfg.immediate_weight)

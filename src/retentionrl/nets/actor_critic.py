@@ -15,8 +15,7 @@ from torch import Tensor, nn
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.encoders import mlp
 from retentionrl.nets.state import FlatEncoder, StateEncoder
-from retentionrl.simulator.env import Obs, preset
-from retentionrl.simulator.gym import FlatLayout
+from retentionrl.spaces import FlatLayout, Obs
 
 EncoderKind = Literal["transformer", "flat"]
 
@@ -39,11 +38,9 @@ class AgentSpec:
 
     @classmethod
     def from_simulator(cls, sim) -> AgentSpec:
-        env = preset("kuaisim")
         return cls(list(sim.meta["user_cardinalities"]), int(sim.response.user_num.shape[1]), sim.n_items,
                    int(sim.response.cfg.window), user_features=dict(sim.meta.get("user_features", {})),
-                   slate_size=env.slate_size, max_sessions=env.max_sessions,
-                   max_return_day=int(env.max_return_day or sim.max_return_day))
+                   slate_size=6, max_sessions=6, max_return_day=int(sim.max_return_day))
 
     def flat_layout(self) -> FlatLayout:
         """The gymnasium adapter's observation layout for this simulator (KuaiSim preset scales)."""

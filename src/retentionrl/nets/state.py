@@ -16,8 +16,7 @@ from torch import Tensor, nn
 
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.encoders import FeatureEncoder, HistoryTransformer, mlp
-from retentionrl.simulator.env import Obs
-from retentionrl.simulator.gym import FlatLayout, flat_features
+from retentionrl.spaces import FlatLayout, Obs, flat_features
 
 N_CONTEXT = 4
 
@@ -62,7 +61,7 @@ class StateEncoder(nn.Module):
 
 class FlatEncoder(nn.Module):
     """Obs -> (B, out_dim) the gymnasium adapter's flat observation
-    (:func:`~retentionrl.simulator.gym.flat_features`; ``out_dim = layout.dim``). No parameters, no gradient:
+    (:func:`~retentionrl.spaces.flat_features`; ``out_dim = layout.dim``). No parameters, no gradient:
     a network on top of it is a plain MLP on the vector stable-baselines3 sees."""
 
     def __init__(self, layout: FlatLayout) -> None:

@@ -1,8 +1,9 @@
 """Gymnasium adapters for :class:`~retentionrl.simulator.env.RetentionEnv` (``fusion`` action mode only).
 
 * :func:`flat_observation` — a fixed-length float32 vector per user (see :func:`observation_names`); the
-  torch version :func:`flat_features` needs only the observation and a :class:`FlatLayout` (no env), so agents
-  can use the same vector as their state (``ActorCriticConfig.encoder = "flat"``).
+  torch version :func:`~retentionrl.spaces.flat_features` needs only the observation and a
+  :class:`~retentionrl.spaces.FlatLayout` (no env), so agents can use the same vector as their state
+  (``ActorCriticConfig.encoder = "flat"``).
 * :class:`RetentionVectorEnv` — ``gymnasium.vector.VectorEnv`` over one batched env, B = ``num_envs`` users,
   same-step autoreset (the core env refills a finished row in the step that ends it).
 * :class:`RetentionGymEnv` — a single-user ``gymnasium.Env`` (B = 1) for libraries such as stable-baselines3.
@@ -22,7 +23,6 @@ successor then has ``session_index / max_sessions = 1``, a value never seen in a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import gymnasium
@@ -30,75 +30,19 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
-from torch import Tensor
 
 from retentionrl.data.schema import BEHAVIOURS
 from retentionrl.errors import RetentionRLError
 from retentionrl.simulator.bundle import Simulator
-from retentionrl.simulator.env import ActionError, Obs, RetentionEnv, StepOutput
+from retentionrl.simulator.env import ActionError, RetentionEnv
+from retentionrl.spaces import FlatLayout, Obs, StepOutput, flat_features
 
 NB = len(BEHAVIOURS)
 RewardMode = Literal["retention", "immediate", "both"]
 REWARD_MODES = ("retention", "immediate", "both")
 
-STEP_SCALE = 10.0  # step_in_session / 10, clipped to 1: KuaiSim sessions are 5 requests; learned ones vary
-WATCH_MAX = 3.0  # history token watch feature is log1p(seconds) / 5; the simulator clamps log-watch at 12 (2.4)
-NUM_CLIP = 5.0  # standardised user numerics are clipped to ±5 so that the Box is finite
-MAX_CATEGORIES = 16  # only low-cardinality user categoricals (flags, range buckets) are given as scaled codes
-
 
 # --- observation ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FlatLayout:
-    """What :func:`flat_features` needs besides the observation: the bundle's user-feature sizes and the env
-    config's scales. :meth:`from_env` reads them from a live env; :meth:`from_meta` builds them without one (an
-    agent's flat state encoder, :class:`~retentionrl.nets.state.FlatEncoder`)."""
-
-    n_user_num: int  # standardised numeric user features
-    cat_columns: tuple[int, ...]  # user categorical columns exposed as scaled codes (2..MAX_CATEGORIES values)
-    cat_cards: tuple[int, ...]  # their cardinalities
-    slate_size: int  # K: the "last slate" mean is over the last K history slots
-    max_sessions: int
-    max_return_day: int
-
-    @classmethod
-    def from_meta(cls, user_cards: list[int], n_user_num: int, slate_size: int, max_sessions: int,
-                  max_return_day: int) -> FlatLayout:
-        """``user_cards``: the bundle's ``meta["user_cardinalities"]``; the rest as in the env config."""
-        cards = [int(c) for c in user_cards]
-        cols = tuple(j for j, c in enumerate(cards) if 2 <= c <= MAX_CATEGORIES)
-        return cls(int(n_user_num), cols, tuple(cards[j] for j in cols), int(slate_size), int(max_sessions),
-                   int(max_return_day))
-
-    @classmethod
-    def from_env(cls, env: RetentionEnv) -> FlatLayout:
-        return cls.from_meta(env.sim.meta["user_cardinalities"], env.model.user_num.shape[1], env.K,
-                             env.cfg.max_sessions, env.cfg.max_return_day)
-
-    @property
-    def dim(self) -> int:
-        """obs_dim: the length of the flat observation."""
-        return 2 * (NB + 1) + 4 + self.n_user_num + len(self.cat_columns)
-
-    def names(self) -> list[str]:
-        beh = [*BEHAVIOURS, "log_watch"]
-        return [
-            *(f"hist_mean_{b}" for b in beh),
-            *(f"last_slate_mean_{b}" for b in beh),
-            "hist_fill", "session_frac", "step_in_session", "days_since_last",
-            *(f"user_num_{j}" for j in range(self.n_user_num)),
-            *(f"user_cat_{j}" for j in self.cat_columns),
-        ]
-
-    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """(obs_dim,) float32 low and high of every column."""
-        n_num, n_cat = self.n_user_num, len(self.cat_columns)
-        resp_hi = np.r_[np.ones(NB), WATCH_MAX]
-        low = np.r_[np.zeros(2 * (NB + 1) + 4), np.full(n_num, -NUM_CLIP), np.zeros(n_cat)]
-        high = np.r_[resp_hi, resp_hi, np.ones(4), np.full(n_num, NUM_CLIP), np.ones(n_cat)]
-        return low.astype(np.float32), high.astype(np.float32)
-
-
 def observation_names(env: RetentionEnv) -> list[str]:
     """Name of each column of :func:`flat_observation` (length ``obs_dim``)."""
     return FlatLayout.from_env(env).names()
@@ -108,41 +52,6 @@ def observation_space(env: RetentionEnv) -> spaces.Box:
     """The single-user Box of :func:`flat_observation`: every column has finite bounds and values are clipped."""
     low, high = FlatLayout.from_env(env).bounds()
     return spaces.Box(low, high, dtype=np.float32)
-
-
-@torch.no_grad()
-def flat_features(obs: Obs, layout: FlatLayout) -> Tensor:
-    """(B, obs_dim) float32 tensor, deterministic, within ``layout.bounds()``. Columns (see
-    :meth:`FlatLayout.names`):
-
-    * mean of the 8 history response features over non-pad slots (7 behaviours in [0, 1], log-watch);
-    * the same over the last K slots (the most recent slate, or the last logged exposures right after a reset);
-    * fraction of non-pad history slots; session_index / max_sessions; step_in_session / 10 (clipped);
-      days_since_last / max_return_day;
-    * the user's standardised numeric profile features (clipped to ±5) and, for categorical columns with at most
-      16 categories, ``code / (cardinality - 1)``.
-    All-pad histories give zero means. The user features are read from the observation's profile
-    (``obs.profile_num`` / ``obs.profile_cat``, the response model's user tables at ``obs.user``), so no env
-    is needed.
-    """
-    K = layout.slate_size
-    valid = (~obs.hist_pad).float()  # (B, H)
-    resp = obs.hist_resp * valid[..., None]  # (B, H, 8)
-    n = valid.sum(1, keepdim=True)  # (B, 1)
-    n_last = valid[:, -K:].sum(1, keepdim=True)
-    hist_mean = resp.sum(1) / n.clamp(min=1.0)
-    last_mean = resp[:, -K:].sum(1) / n_last.clamp(min=1.0)
-    ctx = torch.stack([
-        n[:, 0] / valid.shape[1],
-        obs.session_index.float() / layout.max_sessions,
-        obs.step_in_session.float() / STEP_SCALE,
-        obs.days_since_last.float() / layout.max_return_day,
-    ], 1)
-    cards = torch.tensor(layout.cat_cards, dtype=torch.float32)
-    user_cat = obs.profile_cat[:, torch.tensor(layout.cat_columns, dtype=torch.long)].float() / (cards - 1.0)
-    x = torch.cat([hist_mean, last_mean, ctx, obs.profile_num.float(), user_cat], 1)
-    low, high = (torch.from_numpy(b) for b in layout.bounds())
-    return torch.nan_to_num(x).clamp(low, high)  # clip: logged watch can exceed WATCH_MAX
 
 
 def flat_observation(obs: Obs, env: RetentionEnv) -> np.ndarray:
