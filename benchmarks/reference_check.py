@@ -63,8 +63,8 @@ import yaml
 from retentionrl.agents.base import Agent
 from retentionrl.bench.grid import run_parallel
 from retentionrl.evaluation.stats import mean_ci, welch_t_test
-from retentionrl.simulator.env import Obs
-from retentionrl.spaces import FlatLayout, flat_features
+from retentionrl.simulator.env import preset
+from retentionrl.spaces import FlatLayout, Obs, flat_features
 from retentionrl.utils.io import write_json_atomic, write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,7 +152,7 @@ def run_ours(s: dict[str, Any], seed: int, sim, run_dir: str | Path, checkpoint_
     from retentionrl.training.online import train
 
     cfg = train_config(s, seed, checkpoint_every)
-    probe = make_agent(cfg.algo, sim, cfg.agent, seed=seed)  # the networks train() builds (same seed)
+    probe = make_agent(cfg.algo, sim, cfg.agent, seed=seed, env=preset(cfg.preset, **cfg.env_overrides()))  # as train() builds it
     assert (probe.cfg.retention_weight, probe.cfg.immediate_weight, probe.cfg.encoder) == (1.0, 0.0, "flat")
     # Our state is the very vector the gym adapter gives SB3 (same layout: K, sessions, D, user columns).
     gym_layout = FlatLayout.from_env(sim.make_env(cfg.preset, n_users=1, **cfg.env_overrides()))

@@ -9,10 +9,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from retentionrl.agents.base import Agent
+from retentionrl.agents.base import Agent, agent_spec
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.actor_critic import AgentSpec, encoder
 from retentionrl.nets.encoders import mlp
+from retentionrl.simulator.env import EnvConfig
 from retentionrl.spaces import Obs, obs_from_batch
 
 
@@ -86,8 +87,8 @@ class BC(Agent):
         self.n_updates = int(state["n_updates"])
 
 
-def build(sim, cfg: dict[str, Any], seed: int) -> BC:
+def build(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> BC:
     """Registry entry: ``cfg`` holds :class:`BCConfig` fields (unknown keys are errors)."""
     from retentionrl.config import from_dict
 
-    return BC(AgentSpec.from_simulator(sim), from_dict(BCConfig, cfg, "agent"), seed=seed)
+    return BC(agent_spec(sim, env), from_dict(BCConfig, cfg, "agent"), seed=seed)

@@ -22,11 +22,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from retentionrl.agents.base import Agent, TorchAgent
+from retentionrl.agents.base import Agent, TorchAgent, agent_spec
 from retentionrl.nets.actor_critic import (
     ActorCriticConfig, AgentSpec, Critic, DeterministicActor, critic_step, done_mask, gradient_step, mixed_reward,
     noisy_action, soft_update,
 )
+from retentionrl.simulator.env import EnvConfig
 from retentionrl.spaces import Obs, obs_from_batch
 
 
@@ -71,8 +72,8 @@ class DDPG(TorchAgent):
         return {"critic_loss": critic_loss, "actor_loss": actor_loss, "q": float(q.mean())}
 
 
-def build(sim, cfg: dict[str, Any], seed: int) -> Agent:
+def build(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> Agent:
     """Registry entry: ``AGENTS["ddpg"] = ddpg.build``."""
     from retentionrl.config import from_dict
 
-    return DDPG(AgentSpec.from_simulator(sim), from_dict(DDPGConfig, cfg, "agent"), seed=seed)
+    return DDPG(agent_spec(sim, env), from_dict(DDPGConfig, cfg, "agent"), seed=seed)

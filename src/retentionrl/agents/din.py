@@ -40,6 +40,7 @@ from retentionrl.agents.base import Agent
 from retentionrl.data.schema import BEHAVIOURS
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.encoders import FeatureEncoder, mlp
+from retentionrl.simulator.env import EnvConfig
 from retentionrl.spaces import Obs, obs_from_batch
 
 
@@ -242,7 +243,7 @@ class DIN(Agent):
         self.n_updates = int(state["n_updates"])
 
 
-def build(sim, cfg: dict[str, Any], seed: int) -> DIN:
+def build(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> DIN:
     """Registry entry: ``cfg`` holds :class:`DINConfig` fields (unknown keys are errors)."""
     from retentionrl.config import from_dict
 

@@ -47,11 +47,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from retentionrl.agents.base import Agent
+from retentionrl.agents.base import Agent, agent_spec
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.actor_critic import AgentSpec, done_mask, encoder, mixed_reward, soft_update
 from retentionrl.nets.encoders import FeatureEncoder, mlp
 from retentionrl.replay import ReplayBuffer
+from retentionrl.simulator.env import EnvConfig
 from retentionrl.spaces import OBS_FIELDS, Obs, StepOutput, obs_from_batch
 
 
@@ -127,7 +128,7 @@ class DQN(Agent):
     action_mode = "items"
     learns = False  # learns in observe() from its own slate replay (see module docstring)
 
-    def __init__(self, sim, cfg: DQNConfig, seed: int = 0) -> None:
+    def __init__(self, sim, spec: AgentSpec, cfg: DQNConfig, seed: int = 0) -> None:
         if cfg.eps_decay_steps < 0 or not (0.0 <= cfg.eps_end <= 1.0 and 0.0 <= cfg.eps_start <= 1.0):
             raise RetentionRLError("dqn: eps_start / eps_end must be in [0, 1] and eps_decay_steps >= 0")
         if cfg.target_candidates is not None and cfg.target_candidates < 1:
@@ -138,7 +139,7 @@ class DQN(Agent):
         self.cfg, self.batch_size, self.seed = cfg, cfg.batch_size, seed
         resp = sim.response
         self.n_items = int(sim.n_items)
-        self.q = TwoTowerQ(AgentSpec.from_simulator(sim), resp.item_cat, resp.item_num,
+        self.q = TwoTowerQ(spec, resp.item_cat, resp.item_num,
                            list(sim.meta["item_cardinalities"]), cfg)
         self.q_t = copy.deepcopy(self.q)
         for p in self.q_t.parameters():
@@ -243,8 +244,8 @@ class DQN(Agent):
         self.buffer.load_state_dict(buf)
 
 
-def build(sim, cfg: dict[str, Any], seed: int) -> DQN:
+def build(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> DQN:
     """Registry entry: ``cfg`` holds :class:`DQNConfig` fields (unknown keys are errors)."""
     from retentionrl.config import from_dict
 
-    return DQN(sim, from_dict(DQNConfig, cfg, "agent"), seed=seed)
+    return DQN(sim, agent_spec(sim, env), from_dict(DQNConfig, cfg, "agent"), seed=seed)

@@ -27,12 +27,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from retentionrl.agents.base import Agent, TorchAgent
+from retentionrl.agents.base import Agent, TorchAgent, agent_spec
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.actor_critic import (
     ActorCriticConfig, AgentSpec, Critic, GaussianActor, critic_step, done_mask, gradient_step, mixed_reward,
     soft_update,
 )
+from retentionrl.simulator.env import EnvConfig
 from retentionrl.spaces import Obs, obs_from_batch
 
 
@@ -114,8 +115,8 @@ class SAC(TorchAgent):
             self.alpha_opt.load_state_dict(state["alpha_opt"])
 
 
-def build(sim, cfg: dict[str, Any], seed: int) -> Agent:
+def build(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> Agent:
     """Registry entry: ``AGENTS["sac"] = sac.build``."""
     from retentionrl.config import from_dict
 
-    return SAC(AgentSpec.from_simulator(sim), from_dict(SACConfig, cfg, "agent"), seed=seed)
+    return SAC(agent_spec(sim, env), from_dict(SACConfig, cfg, "agent"), seed=seed)

@@ -15,11 +15,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from retentionrl.agents.base import TorchAgent
+from retentionrl.agents.base import TorchAgent, agent_spec
 from retentionrl.nets.actor_critic import (
     ActorCriticConfig, AgentSpec, Critic, DeterministicActor, critic_step, done_mask, gradient_step, mixed_reward,
     noisy_action, soft_update,
 )
+from retentionrl.simulator.env import EnvConfig
 from retentionrl.spaces import Obs, obs_from_batch
 
 
@@ -70,7 +71,7 @@ class TD3(TorchAgent):
         return info
 
 
-def build(sim, cfg: dict[str, Any], seed: int) -> TD3:
+def build(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> TD3:
     from retentionrl.config import from_dict
 
-    return TD3(AgentSpec.from_simulator(sim), from_dict(TD3Config, cfg, "agent"), seed=seed)
+    return TD3(agent_spec(sim, env), from_dict(TD3Config, cfg, "agent"), seed=seed)

@@ -14,15 +14,16 @@ from torch import Tensor, nn
 
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.encoders import mlp
-from retentionrl.nets.state import FlatEncoder, StateEncoder
-from retentionrl.spaces import FlatLayout, Obs
+from retentionrl.nets.state import ContextScales, FlatEncoder, StateEncoder
+from retentionrl.spaces import STEP_SCALE, FlatLayout, Obs
 
 EncoderKind = Literal["transformer", "flat"]
 
 
 @dataclass
 class AgentSpec:
-    """What an agent's networks need to know about the simulator (sizes only)."""
+    """What an agent's networks need to know: the simulator's sizes (from the bundle) and the scales of the env
+    the agent acts in (its :class:`~retentionrl.simulator.env.EnvConfig`), which set the state features."""
 
     user_cards: list[int]
     n_user_num: int
@@ -30,20 +31,28 @@ class AgentSpec:
     window: int
     n_behaviours: int = 7
     user_features: dict[str, list] = field(default_factory=dict)  # categorical column -> raw value of code c at c-1
-    # Env scales, used only by the flat encoder (the agent is built before, and without, the env: the KuaiSim
-    # preset's values and the bundle's D).
+    # The env's scales: K, the episode length in sessions, D (the env's max_return_day, else the bundle's).
     slate_size: int = 6
     max_sessions: int = 6
     max_return_day: int = 10
+    step_scale: float = STEP_SCALE  # step_in_session / step_scale, clipped to 1
+    clock: bool = True  # the episode clock session_index / max_sessions is a state feature
 
     @classmethod
-    def from_simulator(cls, sim) -> AgentSpec:
+    def from_env(cls, sim, env, clock: bool = True) -> AgentSpec:
+        """``sim`` the :class:`~retentionrl.simulator.bundle.Simulator`, ``env`` the ``EnvConfig`` the agent will
+        act in (``max_return_day = None`` is the bundle's D, as in the env)."""
         return cls(list(sim.meta["user_cardinalities"]), int(sim.response.user_num.shape[1]), sim.n_items,
                    int(sim.response.cfg.window), user_features=dict(sim.meta.get("user_features", {})),
-                   slate_size=6, max_sessions=6, max_return_day=int(sim.max_return_day))
+                   slate_size=int(env.slate_size), max_sessions=int(env.max_sessions),
+                   max_return_day=int(env.max_return_day or sim.max_return_day), clock=clock)
+
+    def context(self) -> ContextScales:
+        """The scales of the transformer encoders' context features."""
+        return ContextScales(self.max_sessions, self.max_return_day, self.step_scale, self.clock)
 
     def flat_layout(self) -> FlatLayout:
-        """The gymnasium adapter's observation layout for this simulator (KuaiSim preset scales)."""
+        """The gymnasium adapter's observation layout for this simulator and env."""
         return FlatLayout.from_meta(self.user_cards, self.n_user_num, self.slate_size, self.max_sessions,
                                     self.max_return_day)
 
@@ -106,7 +115,8 @@ def encoder(spec: AgentSpec, state_dim: int, token_dim: int, kind: EncoderKind =
         return FlatEncoder(spec.flat_layout())
     if kind != "transformer":
         raise RetentionRLError(f"unknown state encoder '{kind}' (known: transformer, flat)")
-    return StateEncoder(spec.user_cards, spec.n_user_num, spec.n_items, token_dim, spec.window, out_dim=state_dim)
+    return StateEncoder(spec.user_cards, spec.n_user_num, spec.n_items, token_dim, spec.window, out_dim=state_dim,
+                        context=spec.context())
 
 
 class DeterministicActor(nn.Module):

@@ -28,6 +28,7 @@ def load_trained(run_dir: str, sim: Any, eval_overrides: Any = None) -> tuple[An
     from retentionrl.agents import make_agent
     from retentionrl.config import from_dict, merge
     from retentionrl.errors import RetentionRLError
+    from retentionrl.simulator.env import preset
     from retentionrl.training.checkpoint import load_checkpoint
     from retentionrl.training.online import RunDir
 
@@ -40,7 +41,7 @@ def load_trained(run_dir: str, sim: Any, eval_overrides: Any = None) -> tuple[An
         raw["eval"] = merge(raw.get("eval", {}), eval_overrides)
     cfg = from_dict(trainer_for(raw.get("algo", "td3"))[0], raw, str(run.config))
     cfg.eval_config()  # a bad (merged) eval key fails here, naming the key, before the agent is built
-    agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed)
+    agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed, env=preset(cfg.preset, **cfg.env_overrides()))
     if run.checkpoint.is_file():
         agent.load_state_dict(load_checkpoint(run.checkpoint)["agent"])
     return cfg, agent

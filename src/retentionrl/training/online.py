@@ -111,9 +111,10 @@ def train(cfg: TrainConfig, sim, run_dir: str | Path, resume: bool = False, prog
     a job's time limit) ends the call early with a checkpoint to ``resume`` from."""
     from retentionrl.agents import make_agent
     from retentionrl.evaluation.protocol import evaluate_policy
+    from retentionrl.simulator.env import preset
 
     torch.manual_seed(cfg.seed)
-    agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed)
+    agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed, env=preset(cfg.preset, **cfg.env_overrides()))
     env = sim.make_env(cfg.preset, n_users=cfg.n_users, users="train", action_mode=agent.action_mode,
                        **cfg.env_overrides())
     eval_cfg = cfg.eval_config()
