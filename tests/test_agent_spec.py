@@ -50,17 +50,21 @@ def _obs_at(sim, session_index: int, step: int, days: float, **env):
     return obs
 
 
-@pytest.mark.parametrize("algo", ["td3", "gfn4retention", "rlur"])
-def test_context_features_are_scaled_by_the_envs_spec(sim30, algo):
-    """days_since_last = 30 on a D = 30 simulator is 1.0 (KuaiSim's constant 10 made it 3.0); session 2 of an
-    env with max_sessions 4 is 0.5; 5 requests into a session with step scale 10 is 0.5."""
-    agent = make_agent(algo, sim30, SMALL if algo != "gfn4retention" else {}, seed=0,
-                       env=preset("kuaisim", max_sessions=4))
+@pytest.mark.parametrize("algo, cfg, expected", [
+    ("td3", SMALL, [0.5, 1.0, 0.0]),
+    ("td3", {**SMALL, "terminal": "episode"}, [2 / 4, 0.5, 1.0, 0.0]),  # time-aware: the clock comes first
+    ("gfn4retention", {}, [0.5, 1.0, 0.0]),
+    ("rlur", SMALL, [0.5, 1.0, 0.0]),
+])
+def test_context_features_are_scaled_by_the_envs_spec(sim30, algo, cfg, expected):
+    """days_since_last = 30 on a D = 30 simulator is 1.0 (KuaiSim's constant 10 made it 3.0); 5 requests into a
+    session with step scale 10 is 0.5; not the first session; session 2 of an env with max_sessions 4 is 0.5."""
+    agent = make_agent(algo, sim30, cfg, seed=0, env=preset("kuaisim", max_sessions=4))
     obs = _obs_at(sim30, session_index=2, step=5, days=30.0)
     seen = _context_inputs(agent, obs)
     assert seen, "no transformer encoder found"
     for x in seen:
-        torch.testing.assert_close(x[:, -4:], torch.tensor([[2 / 4, 0.5, 1.0, 0.0]] * 2))
+        torch.testing.assert_close(x[:, -len(expected):], torch.tensor([expected] * 2))
 
 
 def test_env_max_return_day_overrides_the_bundles(sim30):
@@ -68,7 +72,7 @@ def test_env_max_return_day_overrides_the_bundles(sim30):
     enc = agent.actor.enc
     assert (enc.context.max_sessions, enc.context.max_return_day) == (6, 20)
     x = _context_inputs(agent, _obs_at(sim30, 0, 0, 10.0, max_return_day=20))[0]
-    assert x[0, -2].item() == pytest.approx(0.5)
+    assert x[0, -3:].tolist() == pytest.approx([0.0, 0.5, 1.0])
 
 
 def test_default_env_is_the_kuaisim_preset_with_the_bundles_D(sim30):

@@ -7,7 +7,9 @@ return_day, next_obs)``. Two flags are kept apart on purpose:
   the same user continues, and the retention reward is earned exactly there, so value targets must bootstrap
   through it.
 * ``episode_end`` — ``max_sessions`` reached; a time-limit truncation, not a true terminal state either (bootstrap
-  from ``next_obs``, which is the true successor, not the auto-reset row).
+  from ``next_obs``, which is the true successor, not the auto-reset row). Its ``session_index`` is
+  ``max_sessions``, never seen in a stored ``obs``: agents that bootstrap through the cut therefore keep the
+  episode clock out of their state (:func:`~retentionrl.nets.actor_critic.time_aware`).
 
 ``obs.candidates`` is shared by the batch and is not stored (item-level agents store the shown slate as the
 action instead); :func:`~retentionrl.spaces.obs_from_batch` rebuilds an :class:`Obs` from a sampled batch.

@@ -86,34 +86,41 @@ class FlatLayout:
     slate_size: int  # K: the "last slate" mean is over the last K history slots
     max_sessions: int
     max_return_day: int
+    # The episode clock session_index / max_sessions as a column ("session_frac"). Off by default: it is 1 only in
+    # the successor at the time limit, a state never trained as s when values bootstrap through the cut.
+    clock: bool = False
 
     @classmethod
     def from_meta(cls, user_cards: list[int], n_user_num: int, slate_size: int, max_sessions: int,
-                  max_return_day: int) -> FlatLayout:
+                  max_return_day: int, clock: bool = False) -> FlatLayout:
         """``user_cards``: the bundle's ``meta["user_cardinalities"]``; the rest as in the env config."""
         cards = [int(c) for c in user_cards]
         cols = tuple(j for j, c in enumerate(cards) if 2 <= c <= MAX_CATEGORIES)
         return cls(int(n_user_num), cols, tuple(cards[j] for j in cols), int(slate_size), int(max_sessions),
-                   int(max_return_day))
+                   int(max_return_day), bool(clock))
 
     @classmethod
-    def from_env(cls, env) -> FlatLayout:
+    def from_env(cls, env, clock: bool = False) -> FlatLayout:
         """The layout of a live :class:`~retentionrl.simulator.env.RetentionEnv` (read by attribute: this module
         sits below the simulator)."""
         return cls.from_meta(env.sim.meta["user_cardinalities"], env.model.user_num.shape[1], env.K,
-                             env.cfg.max_sessions, env.cfg.max_return_day)
+                             env.cfg.max_sessions, env.cfg.max_return_day, clock)
+
+    @property
+    def n_context(self) -> int:
+        return 4 if self.clock else 3
 
     @property
     def dim(self) -> int:
         """obs_dim: the length of the flat observation."""
-        return 2 * (NB + 1) + 4 + self.n_user_num + len(self.cat_columns)
+        return 2 * (NB + 1) + self.n_context + self.n_user_num + len(self.cat_columns)
 
     def names(self) -> list[str]:
         beh = [*BEHAVIOURS, "log_watch"]
         return [
             *(f"hist_mean_{b}" for b in beh),
             *(f"last_slate_mean_{b}" for b in beh),
-            "hist_fill", "session_frac", "step_in_session", "days_since_last",
+            "hist_fill", *(["session_frac"] if self.clock else []), "step_in_session", "days_since_last",
             *(f"user_num_{j}" for j in range(self.n_user_num)),
             *(f"user_cat_{j}" for j in self.cat_columns),
         ]
@@ -122,8 +129,8 @@ class FlatLayout:
         """(obs_dim,) float32 low and high of every column."""
         n_num, n_cat = self.n_user_num, len(self.cat_columns)
         resp_hi = np.r_[np.ones(NB), WATCH_MAX]
-        low = np.r_[np.zeros(2 * (NB + 1) + 4), np.full(n_num, -NUM_CLIP), np.zeros(n_cat)]
-        high = np.r_[resp_hi, resp_hi, np.ones(4), np.full(n_num, NUM_CLIP), np.ones(n_cat)]
+        low = np.r_[np.zeros(2 * (NB + 1) + self.n_context), np.full(n_num, -NUM_CLIP), np.zeros(n_cat)]
+        high = np.r_[resp_hi, resp_hi, np.ones(self.n_context), np.full(n_num, NUM_CLIP), np.ones(n_cat)]
         return low.astype(np.float32), high.astype(np.float32)
 
 
@@ -134,8 +141,8 @@ def flat_features(obs: Obs, layout: FlatLayout) -> Tensor:
 
     * mean of the 8 history response features over non-pad slots (7 behaviours in [0, 1], log-watch);
     * the same over the last K slots (the most recent slate, or the last logged exposures right after a reset);
-    * fraction of non-pad history slots; session_index / max_sessions; step_in_session / 10 (clipped);
-      days_since_last / max_return_day;
+    * fraction of non-pad history slots; session_index / max_sessions (only with ``layout.clock``);
+      step_in_session / 10 (clipped); days_since_last / max_return_day;
     * the user's standardised numeric profile features (clipped to ±5) and, for categorical columns with at most
       16 categories, ``code / (cardinality - 1)``.
     All-pad histories give zero means. The user features are read from the observation's profile
@@ -149,14 +156,12 @@ def flat_features(obs: Obs, layout: FlatLayout) -> Tensor:
     n_last = valid[:, -K:].sum(1, keepdim=True)
     hist_mean = resp.sum(1) / n.clamp(min=1.0)
     last_mean = resp[:, -K:].sum(1) / n_last.clamp(min=1.0)
-    ctx = torch.stack([
-        n[:, 0] / valid.shape[1],
-        obs.session_index.float() / layout.max_sessions,
-        obs.step_in_session.float() / STEP_SCALE,
-        obs.days_since_last.float() / layout.max_return_day,
-    ], 1)
+    ctx = [n[:, 0] / valid.shape[1], obs.step_in_session.float() / STEP_SCALE,
+           obs.days_since_last.float() / layout.max_return_day]
+    if layout.clock:
+        ctx.insert(1, obs.session_index.float() / layout.max_sessions)
     cards = torch.tensor(layout.cat_cards, dtype=torch.float32)
     user_cat = obs.profile_cat[:, torch.tensor(layout.cat_columns, dtype=torch.long)].float() / (cards - 1.0)
-    x = torch.cat([hist_mean, last_mean, ctx, obs.profile_num.float(), user_cat], 1)
+    x = torch.cat([hist_mean, last_mean, torch.stack(ctx, 1), obs.profile_num.float(), user_cat], 1)
     low, high = (torch.from_numpy(b) for b in layout.bounds())
     return torch.nan_to_num(x).clamp(low, high)  # clip: logged watch can exceed WATCH_MAX

@@ -14,7 +14,7 @@ from retentionrl.simulator.env import EnvConfig, preset
 from retentionrl.spaces import Obs, StepOutput
 
 
-def agent_spec(sim, env: EnvConfig | None = None, clock: bool = True) -> AgentSpec:
+def agent_spec(sim, env: EnvConfig | None = None, clock: bool = False) -> AgentSpec:
     """The :class:`AgentSpec` of an agent acting in ``env`` of simulator ``sim`` (None: the KuaiSim preset, the
     default of every ``build`` and of ``make_agent``). ``clock``: the episode clock is a state feature."""
     return AgentSpec.from_env(sim, env if env is not None else preset("kuaisim"), clock)

@@ -25,7 +25,7 @@ from torch import Tensor
 from retentionrl.agents.base import Agent, TorchAgent, agent_spec
 from retentionrl.nets.actor_critic import (
     ActorCriticConfig, AgentSpec, Critic, DeterministicActor, critic_step, done_mask, gradient_step, mixed_reward,
-    noisy_action, soft_update,
+    noisy_action, soft_update, time_aware,
 )
 from retentionrl.simulator.env import EnvConfig
 from retentionrl.spaces import Obs, obs_from_batch
@@ -76,4 +76,5 @@ def build(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> 
     """Registry entry: ``AGENTS["ddpg"] = ddpg.build``."""
     from retentionrl.config import from_dict
 
-    return DDPG(agent_spec(sim, env), from_dict(DDPGConfig, cfg, "agent"), seed=seed)
+    c = from_dict(DDPGConfig, cfg, "agent")
+    return DDPG(agent_spec(sim, env, clock=time_aware(c.terminal)), c, seed=seed)

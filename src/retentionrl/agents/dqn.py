@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from retentionrl.agents.base import Agent, agent_spec
 from retentionrl.errors import RetentionRLError
-from retentionrl.nets.actor_critic import AgentSpec, done_mask, encoder, mixed_reward, soft_update
+from retentionrl.nets.actor_critic import AgentSpec, done_mask, encoder, mixed_reward, soft_update, time_aware
 from retentionrl.nets.encoders import FeatureEncoder, mlp
 from retentionrl.replay import ReplayBuffer
 from retentionrl.simulator.env import EnvConfig
@@ -248,4 +248,5 @@ def build(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> 
     """Registry entry: ``cfg`` holds :class:`DQNConfig` fields (unknown keys are errors)."""
     from retentionrl.config import from_dict
 
-    return DQN(sim, agent_spec(sim, env), from_dict(DQNConfig, cfg, "agent"), seed=seed)
+    c = from_dict(DQNConfig, cfg, "agent")
+    return DQN(sim, agent_spec(sim, env, clock=time_aware(c.terminal)), c, seed=seed)

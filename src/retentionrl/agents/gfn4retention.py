@@ -95,8 +95,8 @@ class GFNNets(nn.Module):
         A = spec.n_behaviours
         self.enc = StateEncoder(spec.user_cards, spec.n_user_num, spec.n_items, cfg.token_dim, spec.window,
                                 out_dim=cfg.state_dim, heads=cfg.heads, context=spec.context())
-        self.ctx = (ContextDetector(spec.user_cards, spec.n_user_num, spec.n_items, spec.window, out_dim=cfg.context_dim,
-                                    context=spec.context())
+        self.ctx = (ContextDetector(spec.user_cards, spec.n_user_num, spec.n_items, spec.window,
+                                    out_dim=cfg.context_dim, context=spec.context())
                     if cfg.context_module else None)
         Z = cfg.state_dim + (cfg.context_dim if cfg.context_module else 0)
         self.policy = mlp([Z, *cfg.hidden, 2 * A])

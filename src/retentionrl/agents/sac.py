@@ -31,7 +31,7 @@ from retentionrl.agents.base import Agent, TorchAgent, agent_spec
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.actor_critic import (
     ActorCriticConfig, AgentSpec, Critic, GaussianActor, critic_step, done_mask, gradient_step, mixed_reward,
-    soft_update,
+    soft_update, time_aware,
 )
 from retentionrl.simulator.env import EnvConfig
 from retentionrl.spaces import Obs, obs_from_batch
@@ -119,4 +119,5 @@ def build(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> 
     """Registry entry: ``AGENTS["sac"] = sac.build``."""
     from retentionrl.config import from_dict
 
-    return SAC(agent_spec(sim, env), from_dict(SACConfig, cfg, "agent"), seed=seed)
+    c = from_dict(SACConfig, cfg, "agent")
+    return SAC(agent_spec(sim, env, clock=time_aware(c.terminal)), c, seed=seed)

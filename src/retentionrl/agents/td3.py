@@ -18,7 +18,7 @@ from torch import Tensor
 from retentionrl.agents.base import TorchAgent, agent_spec
 from retentionrl.nets.actor_critic import (
     ActorCriticConfig, AgentSpec, Critic, DeterministicActor, critic_step, done_mask, gradient_step, mixed_reward,
-    noisy_action, soft_update,
+    noisy_action, soft_update, time_aware,
 )
 from retentionrl.simulator.env import EnvConfig
 from retentionrl.spaces import Obs, obs_from_batch
@@ -74,4 +74,5 @@ class TD3(TorchAgent):
 def build(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> TD3:
     from retentionrl.config import from_dict
 
-    return TD3(agent_spec(sim, env), from_dict(TD3Config, cfg, "agent"), seed=seed)
+    c = from_dict(TD3Config, cfg, "agent")
+    return TD3(agent_spec(sim, env, clock=time_aware(c.terminal)), c, seed=seed)

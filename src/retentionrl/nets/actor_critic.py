@@ -36,10 +36,10 @@ class AgentSpec:
     max_sessions: int = 6
     max_return_day: int = 10
     step_scale: float = STEP_SCALE  # step_in_session / step_scale, clipped to 1
-    clock: bool = True  # the episode clock session_index / max_sessions is a state feature
+    clock: bool = False  # the episode clock session_index / max_sessions is a state feature (see time_aware)
 
     @classmethod
-    def from_env(cls, sim, env, clock: bool = True) -> AgentSpec:
+    def from_env(cls, sim, env, clock: bool = False) -> AgentSpec:
         """``sim`` the :class:`~retentionrl.simulator.bundle.Simulator`, ``env`` the ``EnvConfig`` the agent will
         act in (``max_return_day = None`` is the bundle's D, as in the env)."""
         return cls(list(sim.meta["user_cardinalities"]), int(sim.response.user_num.shape[1]), sim.n_items,
@@ -54,7 +54,7 @@ class AgentSpec:
     def flat_layout(self) -> FlatLayout:
         """The gymnasium adapter's observation layout for this simulator and env."""
         return FlatLayout.from_meta(self.user_cards, self.n_user_num, self.slate_size, self.max_sessions,
-                                    self.max_return_day)
+                                    self.max_return_day, self.clock)
 
 
 @dataclass
@@ -97,8 +97,18 @@ def mixed_reward(batch: dict[str, Tensor], retention_weight: float, immediate_we
     return retention_weight * batch["retention_reward"] + immediate_weight * batch["reward"]
 
 
+def time_aware(terminal: str) -> bool:
+    """Whether an agent's state shows the episode clock ``session_index / max_sessions``. The episode end is a
+    time limit, and Pardo et al. (2018, "Time Limits in Reinforcement Learning") give two consistent treatments:
+    a time-unaware state, bootstrapping through the cut (``terminal: none`` or ``session``: the successor at the
+    cut then looks like any session start with the same history and gap, a state the critic is trained on), or a
+    time-aware state with the cut terminal (``terminal: episode``). Bootstrapping from a clock value seen only
+    at the cut (session_index = max_sessions) would be pure extrapolation."""
+    return terminal == "episode"
+
+
 def done_mask(batch: dict[str, Tensor], terminal: str) -> Tensor:
-    """(N,) 1.0 where the value should not bootstrap."""
+    """(N,) 1.0 where the value should not bootstrap (the state's clock follows :func:`time_aware`)."""
     if terminal == "session":
         return batch["session_end"].float()
     if terminal == "episode":

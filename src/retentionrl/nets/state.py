@@ -1,9 +1,10 @@
 """The agents' state encoder: what a policy knows about a user, from the observation alone.
 
-``s = MLP([profile(u), Transformer([profile(u), h_1..h_H])_last, context])`` where ``context`` is the session
-index, the step in the session and the days since the previous session (the cross-session signals a retention
-policy needs). Same building blocks as the simulator's response model, separate weights: the agent never sees
-the simulator's internal state.
+``s = MLP([profile(u), Transformer([profile(u), h_1..h_H])_last, context])`` where ``context`` is the step in
+the session, the days since the previous session and a first-session flag (the cross-session signals a retention
+policy needs), scaled by the env the agent acts in, plus the episode clock for a time-aware state
+(:func:`~retentionrl.nets.actor_critic.time_aware`). Same building blocks as the simulator's response model,
+separate weights: the agent never sees the simulator's internal state.
 
 :class:`FlatEncoder` is the parameter-free alternative: the gymnasium adapter's flat observation vector, so that
 an agent's networks can be exactly the plain MLPs a gymnasium library (stable-baselines3) puts on that vector.
@@ -30,7 +31,7 @@ class ContextScales:
     max_sessions: int
     max_return_day: int
     step_scale: float = STEP_SCALE
-    clock: bool = True
+    clock: bool = False
 
     @property
     def width(self) -> int:

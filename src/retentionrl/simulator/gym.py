@@ -17,8 +17,14 @@ Reward: ``"immediate"`` (the request's Σ_b w_b mean_k y_b), ``"retention"`` (th
 at session ends) or ``"both"`` = immediate + ``retention_weight`` × retention.
 
 Episode end: after ``max_sessions`` sessions the user's episode is cut off although the simulated user would come
-back again, so it is a time limit: ``truncated=True, terminated=False`` (value methods should bootstrap). The
-successor then has ``session_index / max_sessions = 1``, a value never seen in a non-final observation.
+back again, so it is a time limit: ``truncated=True, terminated=False``. By default the observation has no
+episode clock, so a value method that bootstraps on truncation — stable-baselines3's off-policy algorithms do
+(``TimeLimit.truncated`` / ``handle_timeout_termination``), from the true last observation — bootstraps from a
+state like any other session start with the same history and gap, one it trains on (the time-unaware treatment
+of Pardo et al., 2018). ``clock=True`` adds the column ``session_frac = session_index / max_sessions``; it is 1
+only in the last observation, so a value method should then treat the cut as terminal (the time-aware
+treatment, our agents' ``terminal: episode``). Our ``encoder: flat`` agents see the same vector with the same
+choice (:func:`~retentionrl.nets.actor_critic.time_aware`).
 """
 
 from __future__ import annotations
@@ -43,21 +49,21 @@ REWARD_MODES = ("retention", "immediate", "both")
 
 
 # --- observation ---------------------------------------------------------------------------------------------
-def observation_names(env: RetentionEnv) -> list[str]:
+def observation_names(env: RetentionEnv, clock: bool = False) -> list[str]:
     """Name of each column of :func:`flat_observation` (length ``obs_dim``)."""
-    return FlatLayout.from_env(env).names()
+    return FlatLayout.from_env(env, clock).names()
 
 
-def observation_space(env: RetentionEnv) -> spaces.Box:
+def observation_space(env: RetentionEnv, clock: bool = False) -> spaces.Box:
     """The single-user Box of :func:`flat_observation`: every column has finite bounds and values are clipped."""
-    low, high = FlatLayout.from_env(env).bounds()
+    low, high = FlatLayout.from_env(env, clock).bounds()
     return spaces.Box(low, high, dtype=np.float32)
 
 
-def flat_observation(obs: Obs, env: RetentionEnv) -> np.ndarray:
+def flat_observation(obs: Obs, env: RetentionEnv, clock: bool = False) -> np.ndarray:
     """(B, obs_dim) float32 array, within :func:`observation_space`: :func:`flat_features` with ``env``'s
-    layout."""
-    return flat_features(obs, FlatLayout.from_env(env)).numpy()
+    layout (``clock``: with the episode clock column, see the module docstring)."""
+    return flat_features(obs, FlatLayout.from_env(env, clock)).numpy()
 
 
 # --- shared pieces -------------------------------------------------------------------------------------------
@@ -118,7 +124,8 @@ class RetentionVectorEnv(gymnasium.vector.VectorEnv):
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
     def __init__(self, sim: Simulator, preset: str = "kuaisim", num_envs: int | None = None,
-                 reward: RewardMode = "both", retention_weight: float = 1.0, **env_overrides: Any) -> None:
+                 reward: RewardMode = "both", retention_weight: float = 1.0, clock: bool = False,
+                 **env_overrides: Any) -> None:
         _check_reward_mode(reward)
         if num_envs is not None:
             if env_overrides.get("n_users", num_envs) != num_envs:
@@ -126,8 +133,8 @@ class RetentionVectorEnv(gymnasium.vector.VectorEnv):
             env_overrides["n_users"] = num_envs
         self.env = _make_core_env(sim, preset, env_overrides)
         self.num_envs = self.env.B
-        self.reward_mode, self.retention_weight = reward, float(retention_weight)
-        self.single_observation_space = observation_space(self.env)
+        self.reward_mode, self.retention_weight, self.clock = reward, float(retention_weight), bool(clock)
+        self.single_observation_space = observation_space(self.env, self.clock)
         self.single_action_space = spaces.Box(-1.0, 1.0, (NB,), dtype=np.float32)
         self.observation_space = gymnasium.vector.utils.batch_space(self.single_observation_space, self.num_envs)
         self.action_space = gymnasium.vector.utils.batch_space(self.single_action_space, self.num_envs)
@@ -141,7 +148,7 @@ class RetentionVectorEnv(gymnasium.vector.VectorEnv):
         obs = _reset_core(self.env, seed, self.np_random, self._seeded)
         self._seeded = True
         B = self.num_envs
-        return flat_observation(obs, self.env), {"user": obs.user.numpy().copy(), "_user": np.ones(B, bool)}
+        return flat_observation(obs, self.env, self.clock), {"user": obs.user.numpy().copy(), "_user": np.ones(B, bool)}
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """actions (B, 7) fusion weights. Raises :class:`ActionError` on a wrong shape or a NaN/inf."""
@@ -151,14 +158,14 @@ class RetentionVectorEnv(gymnasium.vector.VectorEnv):
             raise ActionError(f"action must be a numeric (B, {NB}) array of fusion weights: {exc}") from None
         out = self.env.step(a)  # the core env checks shape and finiteness
         B = self.num_envs
-        obs = flat_observation(out.obs, self.env)
+        obs = flat_observation(out.obs, self.env, self.clock)
         truncated = out.episode_end.numpy().copy()
         info = _step_info(out)
         infos: dict[str, Any] = {}
         for k, v in info.items():
             infos[k], infos[f"_{k}"] = v, np.ones(B, bool)
         if truncated.any():
-            final = flat_observation(out.next_obs, self.env)
+            final = flat_observation(out.next_obs, self.env, self.clock)
             final_obs = np.full(B, None, dtype=object)
             for i in np.flatnonzero(truncated):  # object array by convention; only the rows that ended
                 final_obs[i] = final[i]
@@ -181,13 +188,13 @@ class RetentionGymEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     metadata = {"render_modes": []}
 
     def __init__(self, sim: Simulator, preset: str = "kuaisim", reward: RewardMode = "both",
-                 retention_weight: float = 1.0, **env_overrides: Any) -> None:
+                 retention_weight: float = 1.0, clock: bool = False, **env_overrides: Any) -> None:
         _check_reward_mode(reward)
         if env_overrides.get("n_users", 1) != 1:
             raise RetentionRLError("RetentionGymEnv simulates one user; use RetentionVectorEnv for a batch")
         self.env = _make_core_env(sim, preset, {**env_overrides, "n_users": 1})
-        self.reward_mode, self.retention_weight = reward, float(retention_weight)
-        self.observation_space = observation_space(self.env)
+        self.reward_mode, self.retention_weight, self.clock = reward, float(retention_weight), bool(clock)
+        self.observation_space = observation_space(self.env, self.clock)
         self.action_space = spaces.Box(-1.0, 1.0, (NB,), dtype=np.float32)
         self._seeded = False
         self._needs_reset = True
@@ -198,7 +205,7 @@ class RetentionGymEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         super().reset(seed=seed)
         obs = _reset_core(self.env, seed, self.np_random, self._seeded)
         self._seeded, self._needs_reset = True, False
-        return flat_observation(obs, self.env)[0], {"user": int(obs.user[0])}
+        return flat_observation(obs, self.env, self.clock)[0], {"user": int(obs.user[0])}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """action (7,) fusion weights. Raises :class:`ActionError` on a wrong shape or a NaN/inf."""
@@ -216,6 +223,6 @@ class RetentionGymEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         truncated = bool(out.episode_end[0])
         self._needs_reset = truncated
         # next_obs is the true successor; after an episode end the core row already holds the next user.
-        obs = flat_observation(out.next_obs, self.env)[0]
+        obs = flat_observation(out.next_obs, self.env, self.clock)[0]
         info = {k: v[0].item() for k, v in _step_info(out).items()}
         return obs, float(_reward(out, self.reward_mode, self.retention_weight)[0]), False, truncated, info
