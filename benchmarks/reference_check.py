@@ -154,7 +154,8 @@ def run_ours(s: dict[str, Any], seed: int, sim, run_dir: str | Path, checkpoint_
     from retentionrl.training.online import train
 
     cfg = train_config(s, seed, checkpoint_every)
-    probe = make_agent(cfg.algo, sim, cfg.agent, seed=seed, env=preset(cfg.preset, **cfg.env_overrides()))  # as train() builds it
+    # the networks train() builds (same seed, same env)
+    probe = make_agent(cfg.algo, sim, cfg.agent, seed=seed, env=preset(cfg.preset, **cfg.env_overrides()))
     assert (probe.cfg.retention_weight, probe.cfg.immediate_weight, probe.cfg.encoder) == (1.0, 0.0, "flat")
     # Our state is the very vector the gym adapter gives SB3 (same layout: K, sessions, D, user columns).
     gym_layout = FlatLayout.from_env(sim.make_env(cfg.preset, n_users=1, **cfg.env_overrides()))

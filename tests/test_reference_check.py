@@ -17,12 +17,8 @@ from retentionrl.agents.td3 import TD3Config
 from retentionrl.nets.actor_critic import AgentSpec, mixed_reward
 from retentionrl.nets.state import FlatEncoder
 from retentionrl.simulator.env import preset
-from retentionrl.simulator.gym import (
-    FlatLayout,
-    RetentionGymEnv,
-    _reward,
-    flat_observation,
-)
+from retentionrl.simulator.gym import RetentionGymEnv, _reward, flat_observation
+from retentionrl.spaces import FlatLayout
 from retentionrl.training.buffer import ReplayBuffer
 
 REPO = Path(__file__).resolve().parents[1]
