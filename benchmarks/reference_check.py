@@ -7,7 +7,7 @@ hyper-parameters and seeds; both frozen policies evaluated with the same protoco
 What is matched (one cell = one algorithm × implementation × training seed):
 
 * State and networks: ours run with ``agent.encoder: flat`` — every network is a plain MLP on the gymnasium
-  adapter's flat observation (:func:`retentionrl.simulator.gym.flat_features`), which is exactly the vector
+  adapter's flat observation (:func:`retentionrl.spaces.flat_features`), which is exactly the vector
   :class:`~retentionrl.simulator.gym.RetentionGymEnv` gives SB3. ``hidden [128, 32]`` for ours and
   ``policy_kwargs=dict(net_arch=[128, 32])`` for SB3 give the same layer sizes (TD3: actor
   obs→128→32→7 + tanh, critics obs+7→128→32→1; SAC: trunk obs→128→32, mu and log-std heads). The parameter
@@ -16,6 +16,8 @@ What is matched (one cell = one algorithm × implementation × training seed):
   ``retention_weight 1, immediate_weight 0`` (asserted below and in tests/test_reference_check.py).
   Nothing is terminal on either side: a session end is a step of the user's life, an episode end is a time
   limit (ours: ``terminal: none``; SB3: ``TimeLimit.truncated`` → bootstrap from the true last observation).
+  Neither state has the episode clock (``session_frac``; gym ``clock=False``, ours time-unaware with
+  ``terminal: none``), so both bootstrap at the cut from a state they train on.
 * Hyper-parameters: configs/train/{td3,sac}-kuaisim.yaml — gamma, tau, batch size, replay size, warm-up, users
   per step, evaluation protocol. Learning rate: SB3 has ONE ``learning_rate`` for every optimiser (actor,
   critics, and SAC's entropy coefficient) while the yaml uses actor 1e-4 / critic 1e-3; for the comparison
@@ -63,8 +65,8 @@ import yaml
 from retentionrl.agents.base import Agent
 from retentionrl.bench.grid import run_parallel
 from retentionrl.evaluation.stats import mean_ci, welch_t_test
-from retentionrl.simulator.env import Obs
-from retentionrl.simulator.gym import FlatLayout, flat_features
+from retentionrl.simulator.env import preset
+from retentionrl.spaces import FlatLayout, Obs, flat_features
 from retentionrl.utils.io import write_json_atomic, write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,7 +115,7 @@ def settings_for(algo: str, bundle: str, steps: int = 1000, lr: float = 1e-3, **
         raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
     s.update(overrides)
     if s["preset"] != PRESET:
-        raise SystemExit("the flat encoder's scales are the KuaiSim preset's; use preset kuaisim")
+        raise SystemExit("the SB3 side is built from the preset alone (no env overrides); use preset kuaisim")
     return s
 
 
@@ -152,7 +154,8 @@ def run_ours(s: dict[str, Any], seed: int, sim, run_dir: str | Path, checkpoint_
     from retentionrl.training.online import train
 
     cfg = train_config(s, seed, checkpoint_every)
-    probe = make_agent(cfg.algo, sim, cfg.agent, seed=seed)  # the networks train() builds (same seed)
+    # the networks train() builds (same seed, same env)
+    probe = make_agent(cfg.algo, sim, cfg.agent, seed=seed, env=preset(cfg.preset, **cfg.env_overrides()))
     assert (probe.cfg.retention_weight, probe.cfg.immediate_weight, probe.cfg.encoder) == (1.0, 0.0, "flat")
     # Our state is the very vector the gym adapter gives SB3 (same layout: K, sessions, D, user columns).
     gym_layout = FlatLayout.from_env(sim.make_env(cfg.preset, n_users=1, **cfg.env_overrides()))

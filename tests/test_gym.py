@@ -53,7 +53,7 @@ def test_check_env_passes(tiny_sim):
 
 
 def test_single_env_episode(tiny_sim):
-    env = RetentionGymEnv(tiny_sim, reward="both")
+    env = RetentionGymEnv(tiny_sim, reward="both", clock=True)
     obs, info = env.reset(seed=3)
     assert obs.dtype == np.float32 and obs in env.observation_space and isinstance(info["user"], int)
     for t in range(1, STEPS_PER_EPISODE + 1):
@@ -63,7 +63,7 @@ def test_single_env_episode(tiny_sim):
         assert trunc is (t == STEPS_PER_EPISODE)
         assert info["session_end"] is (t % 5 == 0)
         assert (info["return_day"] > 0) is info["session_end"]
-    names = observation_names(env.env)
+    names = observation_names(env.env, clock=True)
     assert obs[names.index("session_frac")] == 1.0  # the true last observation, not the next user's
     with pytest.raises(RetentionRLError, match="reset"):
         env.step(np.zeros(7, np.float32))
@@ -92,8 +92,8 @@ def test_vector_shapes_and_spaces(tiny_sim):
 
 def test_vector_same_step_autoreset(tiny_sim):
     # Satisfaction leave: session lengths depend on the slates, so users finish their episodes at different steps.
-    venv = RetentionVectorEnv(tiny_sim, num_envs=8, leave={"kind": "satisfaction"})
-    names = observation_names(venv.env)
+    venv = RetentionVectorEnv(tiny_sim, num_envs=8, leave={"kind": "satisfaction"}, clock=True)
+    names = observation_names(venv.env, clock=True)
     sess = names.index("session_frac")
     obs, _ = venv.reset(seed=1)
     acts = _actions(1, 60, (8, 7))
@@ -120,8 +120,27 @@ def test_vector_same_step_autoreset(tiny_sim):
                 assert final is None
                 assert obs[i, sess] < 1.0
         # The returned batch is the post-reset state: the new users' first observations.
-        np.testing.assert_array_equal(obs, flat_observation(venv.env.obs, venv.env))
+        np.testing.assert_array_equal(obs, flat_observation(venv.env.obs, venv.env, clock=True))
     assert partial_seen, "expected some step where only part of the batch finished its episode"
+
+
+
+def test_default_observation_has_no_clock_so_the_cut_is_an_ordinary_state(tiny_sim):
+    """By default (what SB3 gets) the last observation of an episode, from which SB3 bootstraps on truncation, is
+    the vector of a mid-episode observation with the same history and gap, a state seen in training. With the
+    clock it is not: session_frac = 1 only there."""
+    assert "session_frac" not in observation_names(RetentionGymEnv(tiny_sim).env)
+    env = tiny_sim.make_env("kuaisim", n_users=4)
+    env.reset(seed=3)
+    for t in range(1, STEPS_PER_EPISODE + 1):
+        out = env.step(_actions(t, 1, (4, 7))[0])
+    assert out.episode_end.all()
+    mid = out.next_obs.clone()
+    mid.session_index[:] = 1  # same history, step and gap, one session into the episode
+    np.testing.assert_array_equal(flat_observation(out.next_obs, env), flat_observation(mid, env))
+    with_clock = flat_observation(out.next_obs, env, clock=True), flat_observation(mid, env, clock=True)
+    assert not np.array_equal(*with_clock)
+    assert with_clock[0].shape[1] == flat_observation(mid, env).shape[1] + 1
 
 
 def _rollout(venv: RetentionVectorEnv, seed: int, steps: int = 30) -> tuple[np.ndarray, np.ndarray]:

@@ -81,11 +81,12 @@ def test_empty_history_state_is_the_user_token():
 def test_critic_for_actor_has_forward_values_and_action_gradients(tiny_sim):
     """The actor losses call Critic.for_actor: same Q values and same dQ/da as forward, no encoder gradients."""
     from retentionrl.nets.actor_critic import AgentSpec, Critic
+    from retentionrl.simulator.env import preset
 
     torch.manual_seed(0)
     env = tiny_sim.make_env("kuaisim", n_users=4)
     obs = env.reset(seed=0)
-    critic = Critic(AgentSpec.from_simulator(tiny_sim), 16, 8, [16])
+    critic = Critic(AgentSpec.from_env(tiny_sim, preset("kuaisim")), 16, 8, [16])
     grads, action = [], torch.rand(4, 7)
     for fn in (critic.forward, critic.for_actor):
         a = action.clone().requires_grad_(True)

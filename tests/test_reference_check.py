@@ -16,12 +16,9 @@ from retentionrl.agents.sac import SACConfig
 from retentionrl.agents.td3 import TD3Config
 from retentionrl.nets.actor_critic import AgentSpec, mixed_reward
 from retentionrl.nets.state import FlatEncoder
-from retentionrl.simulator.gym import (
-    FlatLayout,
-    RetentionGymEnv,
-    _reward,
-    flat_observation,
-)
+from retentionrl.simulator.env import preset
+from retentionrl.simulator.gym import RetentionGymEnv, _reward, flat_observation
+from retentionrl.spaces import FlatLayout
 from retentionrl.training.buffer import ReplayBuffer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +44,7 @@ def rc():
 
 
 def test_flat_encoder_is_the_gym_observation(tiny_sim):
-    spec = AgentSpec.from_simulator(tiny_sim)
+    spec = AgentSpec.from_env(tiny_sim, preset("kuaisim"))
     enc = FlatEncoder(spec.flat_layout())
     assert not list(enc.parameters())
     env = tiny_sim.make_env("kuaisim", n_users=8)

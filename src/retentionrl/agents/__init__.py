@@ -1,7 +1,8 @@
 """Agents: one file per method, all behind :class:`retentionrl.agents.base.Agent`.
 
-Each method's module exposes ``build(sim, cfg: dict, seed) -> Agent``; the registry imports it lazily so that
-``retentionrl --help`` stays fast.
+Each method's module exposes ``build(sim, cfg: dict, seed, env: EnvConfig | None = None) -> Agent``; the registry
+imports it lazily. ``env`` is the environment the agent will act in (None: the KuaiSim preset): the agent's state
+features are scaled from it (:func:`~retentionrl.agents.base.agent_spec`), not from constants.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 from retentionrl.agents.base import Agent, FixedWeightsAgent, RandomAgent
 from retentionrl.errors import RetentionRLError
+from retentionrl.simulator.env import EnvConfig, preset
 
 #: algorithm name -> "module:function" building it
 AGENTS: dict[str, str] = {
@@ -28,11 +30,22 @@ AGENTS: dict[str, str] = {
 }
 
 
-def make_agent(name: str, sim, cfg: dict[str, Any] | None = None, seed: int = 0) -> Agent:
+def make_agent(name: str, sim, cfg: dict[str, Any] | None = None, seed: int = 0,
+               env: EnvConfig | str = "kuaisim") -> Agent:
+    """Build algorithm ``name`` for simulator ``sim`` with its config ``cfg`` (unknown keys are errors).
+
+    ``env`` is the environment the agent will act in, an :class:`~retentionrl.simulator.env.EnvConfig` or a preset
+    name: its slate size, ``max_sessions`` and ``max_return_day`` (None: the bundle's D) scale the agent's state
+    features. The training loops and ``load_trained`` pass the run's env (preset + overrides); the default, the
+    KuaiSim preset, is for direct callers that act in ``sim.make_env("kuaisim")``."""
     if name not in AGENTS:
         raise RetentionRLError(f"unknown algorithm '{name}' (known: {', '.join(AGENTS)})")
+    if isinstance(env, str):
+        env = preset(env)
+    elif not isinstance(env, EnvConfig):
+        raise RetentionRLError(f"make_agent: env must be an EnvConfig or a preset name, got {type(env).__name__}")
     module, func = AGENTS[name].split(":")
-    return getattr(import_module(module), func)(sim, dict(cfg or {}), seed)
+    return getattr(import_module(module), func)(sim, dict(cfg or {}), seed, env)
 
 
 __all__ = ["AGENTS", "Agent", "FixedWeightsAgent", "RandomAgent", "make_agent"]

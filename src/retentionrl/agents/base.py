@@ -9,7 +9,15 @@ import torch
 from torch import Tensor
 
 from retentionrl.errors import RetentionRLError
-from retentionrl.simulator.env import Obs, StepOutput
+from retentionrl.nets.actor_critic import AgentSpec
+from retentionrl.simulator.env import EnvConfig, preset
+from retentionrl.spaces import Obs, StepOutput
+
+
+def agent_spec(sim, env: EnvConfig | None = None, clock: bool = False) -> AgentSpec:
+    """The :class:`AgentSpec` of an agent acting in ``env`` of simulator ``sim`` (None: the KuaiSim preset, the
+    default of every ``build`` and of ``make_agent``). ``clock``: the episode clock is a state feature."""
+    return AgentSpec.from_env(sim, env if env is not None else preset("kuaisim"), clock)
 
 
 class Agent(ABC):
@@ -98,14 +106,14 @@ class RandomAgent(Agent):
         return torch.rand(B, width, generator=self.gen)
 
 
-def build_ranking(sim, cfg: dict[str, Any], seed: int) -> FixedWeightsAgent:
+def build_ranking(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> FixedWeightsAgent:
     unknown = sorted(set(cfg) - {"weights"})
     if unknown:
         raise RetentionRLError(f"agent: unknown key '{unknown[0]}' (allowed: weights)")
     return FixedWeightsAgent(cfg.get("weights"))
 
 
-def build_random(sim, cfg: dict[str, Any], seed: int) -> RandomAgent:
+def build_random(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> RandomAgent:
     unknown = sorted(set(cfg) - {"action_mode"})
     if unknown:
         raise RetentionRLError(f"agent: unknown key '{unknown[0]}' (allowed: action_mode)")

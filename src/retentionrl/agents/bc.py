@@ -9,11 +9,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from retentionrl.agents.base import Agent
+from retentionrl.agents.base import Agent, agent_spec
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.actor_critic import AgentSpec, encoder
 from retentionrl.nets.encoders import mlp
-from retentionrl.simulator.env import Obs
+from retentionrl.simulator.env import EnvConfig
+from retentionrl.spaces import Obs, obs_from_batch
 
 
 @dataclass
@@ -61,8 +62,6 @@ class BC(Agent):
 
     def fit_batch(self, batch: dict[str, Tensor]) -> dict[str, float]:
         """One MSE step: obs fields of the batch -> logged ``action`` (M, 7) float."""
-        from retentionrl.training.buffer import obs_from_batch
-
         target = batch["action"]
         if not target.is_floating_point() or target.shape[1:] != (self.spec.n_behaviours,):
             raise RetentionRLError(
@@ -88,8 +87,8 @@ class BC(Agent):
         self.n_updates = int(state["n_updates"])
 
 
-def build(sim, cfg: dict[str, Any], seed: int) -> BC:
+def build(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> BC:
     """Registry entry: ``cfg`` holds :class:`BCConfig` fields (unknown keys are errors)."""
     from retentionrl.config import from_dict
 
-    return BC(AgentSpec.from_simulator(sim), from_dict(BCConfig, cfg, "agent"), seed=seed)
+    return BC(agent_spec(sim, env), from_dict(BCConfig, cfg, "agent"), seed=seed)

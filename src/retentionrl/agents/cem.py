@@ -42,7 +42,8 @@ from torch import Tensor
 
 from retentionrl.agents.base import Agent
 from retentionrl.errors import RetentionRLError
-from retentionrl.simulator.env import NB, Obs, StepOutput
+from retentionrl.simulator.env import EnvConfig
+from retentionrl.spaces import NB, Obs, StepOutput
 
 
 @dataclass
@@ -186,7 +187,7 @@ def _validate(cfg: CEMConfig) -> None:
         raise bad(f"min_sigma must be non-negative, got {cfg.min_sigma}")
 
 
-def build(sim, cfg: dict[str, Any], seed: int) -> Agent:
+def build(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> Agent:
     """The ``AGENTS`` factory: ``sim`` is unused (the policy is state-independent)."""
     from retentionrl.config import from_dict
 

@@ -22,12 +22,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from retentionrl.agents.base import Agent, TorchAgent
+from retentionrl.agents.base import Agent, TorchAgent, agent_spec
 from retentionrl.nets.actor_critic import (
     ActorCriticConfig, AgentSpec, Critic, DeterministicActor, critic_step, done_mask, gradient_step, mixed_reward,
-    noisy_action, soft_update,
+    noisy_action, soft_update, time_aware,
 )
-from retentionrl.simulator.env import Obs
+from retentionrl.simulator.env import EnvConfig
+from retentionrl.spaces import Obs, obs_from_batch
 
 
 @dataclass
@@ -57,8 +58,6 @@ class DDPG(TorchAgent):
         return noisy_action(self.actor, obs, self.cfg.exploration_noise, self.gen if explore else None)
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        from retentionrl.training.buffer import obs_from_batch
-
         cfg = self.cfg
         obs, nxt = obs_from_batch(batch), obs_from_batch(batch, "next_")
         r = mixed_reward(batch, cfg.retention_weight, cfg.immediate_weight)  # (N,)
@@ -73,8 +72,9 @@ class DDPG(TorchAgent):
         return {"critic_loss": critic_loss, "actor_loss": actor_loss, "q": float(q.mean())}
 
 
-def build(sim, cfg: dict[str, Any], seed: int) -> Agent:
+def build(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> Agent:
     """Registry entry: ``AGENTS["ddpg"] = ddpg.build``."""
     from retentionrl.config import from_dict
 
-    return DDPG(AgentSpec.from_simulator(sim), from_dict(DDPGConfig, cfg, "agent"), seed=seed)
+    c = from_dict(DDPGConfig, cfg, "agent")
+    return DDPG(agent_spec(sim, env, clock=time_aware(c.terminal)), c, seed=seed)

@@ -40,7 +40,8 @@ from retentionrl.agents.base import Agent
 from retentionrl.data.schema import BEHAVIOURS
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.encoders import FeatureEncoder, mlp
-from retentionrl.simulator.env import Obs
+from retentionrl.simulator.env import EnvConfig
+from retentionrl.spaces import Obs, obs_from_batch
 
 
 @dataclass
@@ -215,8 +216,6 @@ class DIN(Agent):
     def fit_batch(self, batch: dict[str, Tensor]) -> dict[str, float]:
         """One BCE step on the logged exposures: ``slate`` (M, K) long, ``responses`` (M, K, 7) and the obs fields
         (the state the request was made in)."""
-        from retentionrl.training.buffer import obs_from_batch
-
         if "slate" not in batch or "responses" not in batch:
             raise RetentionRLError("din learns from logged slates: the batch needs 'slate' and 'responses' "
                                    "(use retentionrl.training.offline logs)")
@@ -244,7 +243,7 @@ class DIN(Agent):
         self.n_updates = int(state["n_updates"])
 
 
-def build(sim, cfg: dict[str, Any], seed: int) -> DIN:
+def build(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> DIN:
     """Registry entry: ``cfg`` holds :class:`DINConfig` fields (unknown keys are errors)."""
     from retentionrl.config import from_dict
 

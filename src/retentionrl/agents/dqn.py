@@ -14,7 +14,7 @@ decays linearly from ``eps_start`` to ``eps_end`` over ``eps_decay_steps`` gradi
 
 Learning happens in :meth:`observe`, not through the training loop's replay buffer. The loop stores what ``act``
 returned, (B, C) candidate scores for an item-level agent, which is large and does not say which items were shown.
-The agent therefore keeps its own :class:`~retentionrl.training.buffer.ReplayBuffer` whose ``action`` is the
+The agent therefore keeps its own :class:`~retentionrl.replay.ReplayBuffer` whose ``action`` is the
 shown slate (K,) long (``out.slate``), created on the first ``observe``; ``learns = False`` so the loop never
 samples its own buffer for this agent (give the loop a small ``buffer_size``: its rows are never read). Once the
 internal buffer holds ``learning_starts`` transitions, every ``observe`` does ``updates_per_step`` gradient steps
@@ -47,11 +47,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from retentionrl.agents.base import Agent
+from retentionrl.agents.base import Agent, agent_spec
 from retentionrl.errors import RetentionRLError
-from retentionrl.nets.actor_critic import AgentSpec, done_mask, encoder, mixed_reward, soft_update
+from retentionrl.nets.actor_critic import AgentSpec, done_mask, encoder, mixed_reward, soft_update, time_aware
 from retentionrl.nets.encoders import FeatureEncoder, mlp
-from retentionrl.simulator.env import Obs, StepOutput
+from retentionrl.replay import ReplayBuffer
+from retentionrl.simulator.env import EnvConfig
+from retentionrl.spaces import OBS_FIELDS, Obs, StepOutput, obs_from_batch
 
 
 @dataclass
@@ -126,7 +128,7 @@ class DQN(Agent):
     action_mode = "items"
     learns = False  # learns in observe() from its own slate replay (see module docstring)
 
-    def __init__(self, sim, cfg: DQNConfig, seed: int = 0) -> None:
+    def __init__(self, sim, spec: AgentSpec, cfg: DQNConfig, seed: int = 0) -> None:
         if cfg.eps_decay_steps < 0 or not (0.0 <= cfg.eps_end <= 1.0 and 0.0 <= cfg.eps_start <= 1.0):
             raise RetentionRLError("dqn: eps_start / eps_end must be in [0, 1] and eps_decay_steps >= 0")
         if cfg.target_candidates is not None and cfg.target_candidates < 1:
@@ -137,7 +139,7 @@ class DQN(Agent):
         self.cfg, self.batch_size, self.seed = cfg, cfg.batch_size, seed
         resp = sim.response
         self.n_items = int(sim.n_items)
-        self.q = TwoTowerQ(AgentSpec.from_simulator(sim), resp.item_cat, resp.item_num,
+        self.q = TwoTowerQ(spec, resp.item_cat, resp.item_num,
                            list(sim.meta["item_cardinalities"]), cfg)
         self.q_t = copy.deepcopy(self.q)
         for p in self.q_t.parameters():
@@ -169,8 +171,6 @@ class DQN(Agent):
 
     # --- learning --------------------------------------------------------------------------------------------
     def _make_buffer(self, obs_example: Obs, K: int):
-        from retentionrl.training.buffer import ReplayBuffer
-
         return ReplayBuffer(self.cfg.buffer_size, obs_example, (K,), torch.long, seed=self.seed + 2)
 
     def observe(self, obs: Obs, action: Tensor, out: StepOutput) -> dict[str, float]:
@@ -193,8 +193,6 @@ class DQN(Agent):
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
         """One gradient step from a batch of the internal buffer (``action`` = shown slate (M, K) long)."""
-        from retentionrl.training.buffer import obs_from_batch
-
         cfg = self.cfg
         slate = batch["action"].long()
         obs = obs_from_batch(batch)
@@ -230,8 +228,6 @@ class DQN(Agent):
                 "buffer": None if self.buffer is None else self.buffer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        from retentionrl.training.buffer import OBS_FIELDS
-
         self.q.load_state_dict(state["q"])
         self.q_t.load_state_dict(state["q_t"])
         self.opt.load_state_dict(state["opt"])
@@ -248,8 +244,9 @@ class DQN(Agent):
         self.buffer.load_state_dict(buf)
 
 
-def build(sim, cfg: dict[str, Any], seed: int) -> DQN:
+def build(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> DQN:
     """Registry entry: ``cfg`` holds :class:`DQNConfig` fields (unknown keys are errors)."""
     from retentionrl.config import from_dict
 
-    return DQN(sim, from_dict(DQNConfig, cfg, "agent"), seed=seed)
+    c = from_dict(DQNConfig, cfg, "agent")
+    return DQN(sim, agent_spec(sim, env, clock=time_aware(c.terminal)), c, seed=seed)

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from retentionrl.agents.base import Agent, TorchAgent
+from retentionrl.agents.base import Agent, TorchAgent, agent_spec
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.actor_critic import (
     AgentSpec,
@@ -43,7 +43,8 @@ from retentionrl.nets.actor_critic import (
 )
 from retentionrl.nets.encoders import mlp
 from retentionrl.nets.state import ContextDetector, StateEncoder
-from retentionrl.simulator.env import Obs
+from retentionrl.simulator.env import EnvConfig
+from retentionrl.spaces import OBS_FIELDS, Obs, obs_from_batch
 
 
 @dataclass
@@ -93,8 +94,9 @@ class GFNNets(nn.Module):
         super().__init__()
         A = spec.n_behaviours
         self.enc = StateEncoder(spec.user_cards, spec.n_user_num, spec.n_items, cfg.token_dim, spec.window,
-                                out_dim=cfg.state_dim, heads=cfg.heads)
-        self.ctx = (ContextDetector(spec.user_cards, spec.n_user_num, spec.n_items, spec.window, out_dim=cfg.context_dim)
+                                out_dim=cfg.state_dim, heads=cfg.heads, context=spec.context())
+        self.ctx = (ContextDetector(spec.user_cards, spec.n_user_num, spec.n_items, spec.window,
+                                    out_dim=cfg.context_dim, context=spec.context())
                     if cfg.context_module else None)
         Z = cfg.state_dim + (cfg.context_dim if cfg.context_module else 0)
         self.policy = mlp([Z, *cfg.hidden, 2 * A])
@@ -142,8 +144,6 @@ class GFN4Retention(TorchAgent):
         return squashed_sample(mu, log_std, self.gen)[0] if explore else torch.tanh(mu)
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        from retentionrl.training.buffer import OBS_FIELDS, obs_from_batch
-
         cfg, n = self.cfg, self.nets
         N = batch["reward"].shape[0]
         # s and s' through the encoders in one pass of 2N rows (half the ops of two passes).
@@ -167,8 +167,8 @@ class GFN4Retention(TorchAgent):
         return info
 
 
-def build(sim, cfg: dict[str, Any], seed: int) -> Agent:
+def build(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> Agent:
     """Registry entry: ``AGENTS["gfn4retention"] = gfn4retention.build``."""
     from retentionrl.config import from_dict
 
-    return GFN4Retention(AgentSpec.from_simulator(sim), from_dict(GFN4RetentionConfig, cfg, "agent"), seed=seed)
+    return GFN4Retention(agent_spec(sim, env), from_dict(GFN4RetentionConfig, cfg, "agent"), seed=seed)

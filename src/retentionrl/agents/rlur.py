@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from retentionrl.agents.base import Agent, TorchAgent
+from retentionrl.agents.base import Agent, TorchAgent, agent_spec
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.actor_critic import (
     AgentSpec,
@@ -56,7 +56,8 @@ from retentionrl.nets.actor_critic import (
 from retentionrl.nets.encoders import GroupedMLP
 from retentionrl.nets.rnd import RND
 from retentionrl.nets.state import UserGroups
-from retentionrl.simulator.env import Obs
+from retentionrl.simulator.env import EnvConfig
+from retentionrl.spaces import Obs, obs_from_batch
 
 
 @dataclass
@@ -144,8 +145,6 @@ class RLUR(TorchAgent):
         return squashed_sample(mu, log_std, self.gen)[0] if explore else torch.tanh(mu)
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        from retentionrl.training.buffer import obs_from_batch
-
         cfg = self.cfg
         obs, nxt = obs_from_batch(batch), obs_from_batch(batch, "next_")
         g, g2 = self.groups(obs), self.groups(nxt)
@@ -187,8 +186,8 @@ class RLUR(TorchAgent):
         return info
 
 
-def build(sim, cfg: dict[str, Any], seed: int) -> Agent:
+def build(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> Agent:
     """Registry entry: ``AGENTS["rlur"] = rlur.build``."""
     from retentionrl.config import from_dict
 
-    return RLUR(AgentSpec.from_simulator(sim), from_dict(RLURConfig, cfg, "agent"), seed=seed)
+    return RLUR(agent_spec(sim, env), from_dict(RLURConfig, cfg, "agent"), seed=seed)

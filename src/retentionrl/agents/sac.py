@@ -27,13 +27,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from retentionrl.agents.base import Agent, TorchAgent
+from retentionrl.agents.base import Agent, TorchAgent, agent_spec
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.actor_critic import (
     ActorCriticConfig, AgentSpec, Critic, GaussianActor, critic_step, done_mask, gradient_step, mixed_reward,
-    soft_update,
+    soft_update, time_aware,
 )
-from retentionrl.simulator.env import Obs
+from retentionrl.simulator.env import EnvConfig
+from retentionrl.spaces import Obs, obs_from_batch
 
 
 @dataclass
@@ -76,8 +77,6 @@ class SAC(TorchAgent):
         return torch.tanh(self.actor(obs)[0])
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        from retentionrl.training.buffer import obs_from_batch
-
         cfg = self.cfg
         obs, nxt = obs_from_batch(batch), obs_from_batch(batch, "next_")
         r = mixed_reward(batch, cfg.retention_weight, cfg.immediate_weight)  # (N,)
@@ -116,8 +115,9 @@ class SAC(TorchAgent):
             self.alpha_opt.load_state_dict(state["alpha_opt"])
 
 
-def build(sim, cfg: dict[str, Any], seed: int) -> Agent:
+def build(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> Agent:
     """Registry entry: ``AGENTS["sac"] = sac.build``."""
     from retentionrl.config import from_dict
 
-    return SAC(AgentSpec.from_simulator(sim), from_dict(SACConfig, cfg, "agent"), seed=seed)
+    c = from_dict(SACConfig, cfg, "agent")
+    return SAC(agent_spec(sim, env, clock=time_aware(c.terminal)), c, seed=seed)

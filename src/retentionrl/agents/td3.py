@@ -15,12 +15,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from retentionrl.agents.base import TorchAgent
+from retentionrl.agents.base import TorchAgent, agent_spec
 from retentionrl.nets.actor_critic import (
     ActorCriticConfig, AgentSpec, Critic, DeterministicActor, critic_step, done_mask, gradient_step, mixed_reward,
-    noisy_action, soft_update,
+    noisy_action, soft_update, time_aware,
 )
-from retentionrl.simulator.env import Obs
+from retentionrl.simulator.env import EnvConfig
+from retentionrl.spaces import Obs, obs_from_batch
 
 
 @dataclass
@@ -52,8 +53,6 @@ class TD3(TorchAgent):
         return noisy_action(self.actor, obs, self.cfg.exploration_noise, self.gen if explore else None)
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        from retentionrl.training.buffer import obs_from_batch
-
         cfg = self.cfg
         obs, nxt = obs_from_batch(batch), obs_from_batch(batch, "next_")
         r = mixed_reward(batch, cfg.retention_weight, cfg.immediate_weight)
@@ -72,7 +71,8 @@ class TD3(TorchAgent):
         return info
 
 
-def build(sim, cfg: dict[str, Any], seed: int) -> TD3:
+def build(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> TD3:
     from retentionrl.config import from_dict
 
-    return TD3(AgentSpec.from_simulator(sim), from_dict(TD3Config, cfg, "agent"), seed=seed)
+    c = from_dict(TD3Config, cfg, "agent")
+    return TD3(agent_spec(sim, env, clock=time_aware(c.terminal)), c, seed=seed)

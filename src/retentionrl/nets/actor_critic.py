@@ -14,16 +14,16 @@ from torch import Tensor, nn
 
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.encoders import mlp
-from retentionrl.nets.state import FlatEncoder, StateEncoder
-from retentionrl.simulator.env import Obs, preset
-from retentionrl.simulator.gym import FlatLayout
+from retentionrl.nets.state import ContextScales, FlatEncoder, StateEncoder
+from retentionrl.spaces import STEP_SCALE, FlatLayout, Obs
 
 EncoderKind = Literal["transformer", "flat"]
 
 
 @dataclass
 class AgentSpec:
-    """What an agent's networks need to know about the simulator (sizes only)."""
+    """What an agent's networks need to know: the simulator's sizes (from the bundle) and the scales of the env
+    the agent acts in (its :class:`~retentionrl.simulator.env.EnvConfig`), which set the state features."""
 
     user_cards: list[int]
     n_user_num: int
@@ -31,24 +31,30 @@ class AgentSpec:
     window: int
     n_behaviours: int = 7
     user_features: dict[str, list] = field(default_factory=dict)  # categorical column -> raw value of code c at c-1
-    # Env scales, used only by the flat encoder (the agent is built before, and without, the env: the KuaiSim
-    # preset's values and the bundle's D).
+    # The env's scales: K, the episode length in sessions, D (the env's max_return_day, else the bundle's).
     slate_size: int = 6
     max_sessions: int = 6
     max_return_day: int = 10
+    step_scale: float = STEP_SCALE  # step_in_session / step_scale, clipped to 1
+    clock: bool = False  # the episode clock session_index / max_sessions is a state feature (see time_aware)
 
     @classmethod
-    def from_simulator(cls, sim) -> AgentSpec:
-        env = preset("kuaisim")
+    def from_env(cls, sim, env, clock: bool = False) -> AgentSpec:
+        """``sim`` the :class:`~retentionrl.simulator.bundle.Simulator`, ``env`` the ``EnvConfig`` the agent will
+        act in (``max_return_day = None`` is the bundle's D, as in the env)."""
         return cls(list(sim.meta["user_cardinalities"]), int(sim.response.user_num.shape[1]), sim.n_items,
                    int(sim.response.cfg.window), user_features=dict(sim.meta.get("user_features", {})),
-                   slate_size=env.slate_size, max_sessions=env.max_sessions,
-                   max_return_day=int(env.max_return_day or sim.max_return_day))
+                   slate_size=int(env.slate_size), max_sessions=int(env.max_sessions),
+                   max_return_day=int(env.max_return_day or sim.max_return_day), clock=clock)
+
+    def context(self) -> ContextScales:
+        """The scales of the transformer encoders' context features."""
+        return ContextScales(self.max_sessions, self.max_return_day, self.step_scale, self.clock)
 
     def flat_layout(self) -> FlatLayout:
-        """The gymnasium adapter's observation layout for this simulator (KuaiSim preset scales)."""
+        """The gymnasium adapter's observation layout for this simulator and env."""
         return FlatLayout.from_meta(self.user_cards, self.n_user_num, self.slate_size, self.max_sessions,
-                                    self.max_return_day)
+                                    self.max_return_day, self.clock)
 
 
 @dataclass
@@ -91,8 +97,18 @@ def mixed_reward(batch: dict[str, Tensor], retention_weight: float, immediate_we
     return retention_weight * batch["retention_reward"] + immediate_weight * batch["reward"]
 
 
+def time_aware(terminal: str) -> bool:
+    """Whether an agent's state shows the episode clock ``session_index / max_sessions``. The episode end is a
+    time limit, and Pardo et al. (2018, "Time Limits in Reinforcement Learning") give two consistent treatments:
+    a time-unaware state, bootstrapping through the cut (``terminal: none`` or ``session``: the successor at the
+    cut then looks like any session start with the same history and gap, a state the critic is trained on), or a
+    time-aware state with the cut terminal (``terminal: episode``). Bootstrapping from a clock value seen only
+    at the cut (session_index = max_sessions) would be pure extrapolation."""
+    return terminal == "episode"
+
+
 def done_mask(batch: dict[str, Tensor], terminal: str) -> Tensor:
-    """(N,) 1.0 where the value should not bootstrap."""
+    """(N,) 1.0 where the value should not bootstrap (the state's clock follows :func:`time_aware`)."""
     if terminal == "session":
         return batch["session_end"].float()
     if terminal == "episode":
@@ -109,7 +125,8 @@ def encoder(spec: AgentSpec, state_dim: int, token_dim: int, kind: EncoderKind =
         return FlatEncoder(spec.flat_layout())
     if kind != "transformer":
         raise RetentionRLError(f"unknown state encoder '{kind}' (known: transformer, flat)")
-    return StateEncoder(spec.user_cards, spec.n_user_num, spec.n_items, token_dim, spec.window, out_dim=state_dim)
+    return StateEncoder(spec.user_cards, spec.n_user_num, spec.n_items, token_dim, spec.window, out_dim=state_dim,
+                        context=spec.context())
 
 
 class DeterministicActor(nn.Module):

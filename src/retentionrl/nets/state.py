@@ -1,9 +1,10 @@
 """The agents' state encoder: what a policy knows about a user, from the observation alone.
 
-``s = MLP([profile(u), Transformer([profile(u), h_1..h_H])_last, context])`` where ``context`` is the session
-index, the step in the session and the days since the previous session (the cross-session signals a retention
-policy needs). Same building blocks as the simulator's response model, separate weights: the agent never sees
-the simulator's internal state.
+``s = MLP([profile(u), Transformer([profile(u), h_1..h_H])_last, context])`` where ``context`` is the step in
+the session, the days since the previous session and a first-session flag (the cross-session signals a retention
+policy needs), scaled by the env the agent acts in, plus the episode clock for a time-aware state
+(:func:`~retentionrl.nets.actor_critic.time_aware`). Same building blocks as the simulator's response model,
+separate weights: the agent never sees the simulator's internal state.
 
 :class:`FlatEncoder` is the parameter-free alternative: the gymnasium adapter's flat observation vector, so that
 an agent's networks can be exactly the plain MLPs a gymnasium library (stable-baselines3) puts on that vector.
@@ -11,28 +12,44 @@ an agent's networks can be exactly the plain MLPs a gymnasium library (stable-ba
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.encoders import FeatureEncoder, HistoryTransformer, mlp
-from retentionrl.simulator.env import Obs
-from retentionrl.simulator.gym import FlatLayout, flat_features
+from retentionrl.spaces import STEP_SCALE, FlatLayout, Obs, flat_features
 
-N_CONTEXT = 4
+@dataclass(frozen=True)
+class ContextScales:
+    """How the cross-session context is scaled, from the env the agent acts in
+    (:meth:`~retentionrl.nets.actor_critic.AgentSpec.context`): its ``max_sessions``, its ``max_return_day`` D
+    (resolved against the bundle) and the step scale. ``clock``: whether the episode clock
+    ``session_index / max_sessions`` is a feature."""
+
+    max_sessions: int
+    max_return_day: int
+    step_scale: float = STEP_SCALE
+    clock: bool = False
+
+    @property
+    def width(self) -> int:
+        """Number of context features."""
+        return 4 if self.clock else 3
 
 
-def context_features(obs: Obs, max_sessions: int = 6, max_return_day: int = 10) -> Tensor:
-    """(B, 4): session index and step in session (scaled), days since the last session, first-session flag."""
-    return torch.stack(
-        [
-            obs.session_index.float() / max_sessions,
-            (obs.step_in_session.float() / 10.0).clamp(max=1.0),
-            obs.days_since_last.float() / max_return_day,
-            (obs.session_index == 0).float(),
-        ],
-        dim=1,
-    )
+def context_features(obs: Obs, scales: ContextScales) -> Tensor:
+    """(B, scales.width): [session_index / max_sessions (if ``clock``)], step_in_session / step_scale (clipped
+    to 1), days_since_last / max_return_day, first-session flag."""
+    cols = [
+        (obs.step_in_session.float() / scales.step_scale).clamp(max=1.0),
+        obs.days_since_last.float() / scales.max_return_day,
+        (obs.session_index == 0).float(),
+    ]
+    if scales.clock:
+        cols.insert(0, obs.session_index.float() / scales.max_sessions)
+    return torch.stack(cols, dim=1)
 
 
 class StateEncoder(nn.Module):
@@ -41,28 +58,29 @@ class StateEncoder(nn.Module):
     Args:
         user_cards / n_user_num: the profile's categorical cardinalities and numeric width (from the bundle).
         n_items: item-id embedding table size; dim: token width; window: history length the transformer sees.
+        context: the scales of the context features (from the agent's env spec).
     """
 
     def __init__(self, user_cards: list[int], n_user_num: int, n_items: int, dim: int = 32, window: int = 20,
-                 layers: int = 1, out_dim: int = 64, heads: int = 2) -> None:
+                 layers: int = 1, out_dim: int = 64, heads: int = 2, *, context: ContextScales) -> None:
         super().__init__()
         self.profile = FeatureEncoder(user_cards, n_user_num, dim)
         self.items = nn.Embedding(n_items, dim)
         nn.init.normal_(self.items.weight, std=0.05)
         self.history = HistoryTransformer(dim, 7, window, layers=layers, heads=heads, dropout=0.0)
-        self.head = nn.Sequential(mlp([2 * dim + N_CONTEXT, 2 * out_dim, out_dim]), nn.ReLU())
-        self.out_dim = out_dim
+        self.head = nn.Sequential(mlp([2 * dim + context.width, 2 * out_dim, out_dim]), nn.ReLU())
+        self.out_dim, self.context = out_dim, context
 
     def forward(self, obs: Obs) -> Tensor:
         user = self.profile(obs.profile_cat, obs.profile_num)  # (B, dim)
         h = self.history(user, self.items(obs.hist_items), obs.hist_resp, obs.hist_pad)  # (B, 1 + H, dim)
         last = torch.where(obs.hist_pad[:, -1:], h[:, 0], h[:, -1])  # empty history: the profile token
-        return self.head(torch.cat([user, last, context_features(obs)], dim=1))
+        return self.head(torch.cat([user, last, context_features(obs, self.context)], dim=1))
 
 
 class FlatEncoder(nn.Module):
     """Obs -> (B, out_dim) the gymnasium adapter's flat observation
-    (:func:`~retentionrl.simulator.gym.flat_features`; ``out_dim = layout.dim``). No parameters, no gradient:
+    (:func:`~retentionrl.spaces.flat_features`; ``out_dim = layout.dim``). No parameters, no gradient:
     a network on top of it is a plain MLP on the vector stable-baselines3 sees."""
 
     def __init__(self, layout: FlatLayout) -> None:
@@ -83,17 +101,18 @@ class ContextDetector(nn.Module):
     """
 
     def __init__(self, user_cards: list[int], n_user_num: int, n_items: int, window: int, dim: int = 16,
-                 item_dim: int = 8, hidden: int = 128, out_dim: int = 32) -> None:
+                 item_dim: int = 8, hidden: int = 128, out_dim: int = 32, *, context: ContextScales) -> None:
         super().__init__()
         self.profile = FeatureEncoder(user_cards, n_user_num, dim)
         self.items = nn.Embedding(n_items, item_dim)
         nn.init.normal_(self.items.weight, std=0.05)
-        self.net = nn.Sequential(mlp([dim + window * (item_dim + 8) + N_CONTEXT, hidden, out_dim]), nn.ReLU())
+        self.net = nn.Sequential(mlp([dim + window * (item_dim + 8) + context.width, hidden, out_dim]), nn.ReLU())
+        self.context = context
 
     def forward(self, obs: Obs) -> Tensor:
         items = self.items(obs.hist_items).masked_fill(obs.hist_pad[..., None], 0.0)  # (B, H, item_dim)
         hist = torch.cat([items, obs.hist_resp], 2).flatten(1)  # (B, H * (item_dim + 8))
-        return self.net(torch.cat([self.profile(obs.profile_cat, obs.profile_num), hist, context_features(obs)], 1))
+        return self.net(torch.cat([self.profile(obs.profile_cat, obs.profile_num), hist, context_features(obs, self.context)], 1))
 
 
 class UserGroups:

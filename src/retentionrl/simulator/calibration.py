@@ -27,7 +27,7 @@ from torch import Tensor
 
 from retentionrl.data.schema import BEHAVIOURS
 from retentionrl.errors import RetentionRLError
-from retentionrl.evaluation.metrics import total_variation
+from retentionrl.utils.scores import total_variation
 from retentionrl.simulator.env import Obs
 from retentionrl.utils.io import atomic_path, write_json_atomic, write_text_atomic
 

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from retentionrl.data.schema import BEHAVIOURS
 from retentionrl.errors import RetentionRLError
+from retentionrl.spaces import Obs, StepOutput
 from retentionrl.simulator.leave import TemperLeave, leave_features
 from retentionrl.simulator.response import ResponseModel
 from retentionrl.simulator.returns import session_features
@@ -85,41 +86,6 @@ def preset(name: str, **overrides) -> EnvConfig:
     if name not in PRESETS:
         raise RetentionRLError(f"unknown simulator preset '{name}' (known: {', '.join(PRESETS)})")
     return from_dict(EnvConfig, merge(PRESETS[name], overrides), f"preset {name}")
-
-
-@dataclass
-class Obs:
-    """What a policy sees. B users, H history slots (oldest first, left-padded)."""
-
-    user: Tensor  # (B,) dense user id
-    profile_cat: Tensor  # (B, Fc) the user's categorical profile codes (0 = missing)
-    profile_num: Tensor  # (B, Fn) the user's standardised numeric profile features
-    hist_items: Tensor  # (B, H) item ids
-    hist_resp: Tensor  # (B, H, 8) 7 behaviours + log-watch feature
-    hist_pad: Tensor  # (B, H) True = empty slot
-    session_index: Tensor  # (B,) sessions completed in this episode
-    step_in_session: Tensor  # (B,) requests made so far in the current session
-    days_since_last: Tensor  # (B,) return gap that started this session (0 for the first)
-    candidates: Tensor  # (C,) item ids the next request ranks (shared by the batch)
-
-    def clone(self) -> "Obs":
-        return Obs(**{f.name: getattr(self, f.name).clone() for f in fields(self)})
-
-
-@dataclass
-class StepOutput:
-    slate: Tensor  # (B, K) item ids shown
-    responses: Tensor  # (B, K, 7) sampled 0/1 behaviours
-    watch_time: Tensor  # (B, K) seconds
-    reward: Tensor  # (B,) immediate reward Σ_b w_b mean_k y_b
-    session_end: Tensor  # (B,) bool
-    return_day: Tensor  # (B,) long, 1..D at a session end, else 0
-    retention_reward: Tensor  # (B,) at a session end, else 0
-    session_reward: Tensor  # (B,) immediate reward summed over the session so far, this step included
-    episode_end: Tensor  # (B,) bool: max_sessions reached (row auto-resets)
-    next_obs: Obs  # successor state of this step (before the auto-reset)
-    obs: Obs  # observation for the next action (after the auto-reset)
-    users: Tensor  # (B,) the users who acted this step (== next_obs.user)
 
 
 class RetentionEnv:

@@ -1,8 +1,9 @@
 """Gymnasium adapters for :class:`~retentionrl.simulator.env.RetentionEnv` (``fusion`` action mode only).
 
 * :func:`flat_observation` — a fixed-length float32 vector per user (see :func:`observation_names`); the
-  torch version :func:`flat_features` needs only the observation and a :class:`FlatLayout` (no env), so agents
-  can use the same vector as their state (``ActorCriticConfig.encoder = "flat"``).
+  torch version :func:`~retentionrl.spaces.flat_features` needs only the observation and a
+  :class:`~retentionrl.spaces.FlatLayout` (no env), so agents can use the same vector as their state
+  (``ActorCriticConfig.encoder = "flat"``).
 * :class:`RetentionVectorEnv` — ``gymnasium.vector.VectorEnv`` over one batched env, B = ``num_envs`` users,
   same-step autoreset (the core env refills a finished row in the step that ends it).
 * :class:`RetentionGymEnv` — a single-user ``gymnasium.Env`` (B = 1) for libraries such as stable-baselines3.
@@ -16,13 +17,18 @@ Reward: ``"immediate"`` (the request's Σ_b w_b mean_k y_b), ``"retention"`` (th
 at session ends) or ``"both"`` = immediate + ``retention_weight`` × retention.
 
 Episode end: after ``max_sessions`` sessions the user's episode is cut off although the simulated user would come
-back again, so it is a time limit: ``truncated=True, terminated=False`` (value methods should bootstrap). The
-successor then has ``session_index / max_sessions = 1``, a value never seen in a non-final observation.
+back again, so it is a time limit: ``truncated=True, terminated=False``. By default the observation has no
+episode clock, so a value method that bootstraps on truncation — stable-baselines3's off-policy algorithms do
+(``TimeLimit.truncated`` / ``handle_timeout_termination``), from the true last observation — bootstraps from a
+state like any other session start with the same history and gap, one it trains on (the time-unaware treatment
+of Pardo et al., 2018). ``clock=True`` adds the column ``session_frac = session_index / max_sessions``; it is 1
+only in the last observation, so a value method should then treat the cut as terminal (the time-aware
+treatment, our agents' ``terminal: episode``). Our ``encoder: flat`` agents see the same vector with the same
+choice (:func:`~retentionrl.nets.actor_critic.time_aware`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import gymnasium
@@ -30,125 +36,34 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
-from torch import Tensor
 
 from retentionrl.data.schema import BEHAVIOURS
 from retentionrl.errors import RetentionRLError
 from retentionrl.simulator.bundle import Simulator
-from retentionrl.simulator.env import ActionError, Obs, RetentionEnv, StepOutput
+from retentionrl.simulator.env import ActionError, RetentionEnv
+from retentionrl.spaces import FlatLayout, Obs, StepOutput, flat_features
 
 NB = len(BEHAVIOURS)
 RewardMode = Literal["retention", "immediate", "both"]
 REWARD_MODES = ("retention", "immediate", "both")
 
-STEP_SCALE = 10.0  # step_in_session / 10, clipped to 1: KuaiSim sessions are 5 requests; learned ones vary
-WATCH_MAX = 3.0  # history token watch feature is log1p(seconds) / 5; the simulator clamps log-watch at 12 (2.4)
-NUM_CLIP = 5.0  # standardised user numerics are clipped to ±5 so that the Box is finite
-MAX_CATEGORIES = 16  # only low-cardinality user categoricals (flags, range buckets) are given as scaled codes
-
 
 # --- observation ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FlatLayout:
-    """What :func:`flat_features` needs besides the observation: the bundle's user-feature sizes and the env
-    config's scales. :meth:`from_env` reads them from a live env; :meth:`from_meta` builds them without one (an
-    agent's flat state encoder, :class:`~retentionrl.nets.state.FlatEncoder`)."""
-
-    n_user_num: int  # standardised numeric user features
-    cat_columns: tuple[int, ...]  # user categorical columns exposed as scaled codes (2..MAX_CATEGORIES values)
-    cat_cards: tuple[int, ...]  # their cardinalities
-    slate_size: int  # K: the "last slate" mean is over the last K history slots
-    max_sessions: int
-    max_return_day: int
-
-    @classmethod
-    def from_meta(cls, user_cards: list[int], n_user_num: int, slate_size: int, max_sessions: int,
-                  max_return_day: int) -> FlatLayout:
-        """``user_cards``: the bundle's ``meta["user_cardinalities"]``; the rest as in the env config."""
-        cards = [int(c) for c in user_cards]
-        cols = tuple(j for j, c in enumerate(cards) if 2 <= c <= MAX_CATEGORIES)
-        return cls(int(n_user_num), cols, tuple(cards[j] for j in cols), int(slate_size), int(max_sessions),
-                   int(max_return_day))
-
-    @classmethod
-    def from_env(cls, env: RetentionEnv) -> FlatLayout:
-        return cls.from_meta(env.sim.meta["user_cardinalities"], env.model.user_num.shape[1], env.K,
-                             env.cfg.max_sessions, env.cfg.max_return_day)
-
-    @property
-    def dim(self) -> int:
-        """obs_dim: the length of the flat observation."""
-        return 2 * (NB + 1) + 4 + self.n_user_num + len(self.cat_columns)
-
-    def names(self) -> list[str]:
-        beh = [*BEHAVIOURS, "log_watch"]
-        return [
-            *(f"hist_mean_{b}" for b in beh),
-            *(f"last_slate_mean_{b}" for b in beh),
-            "hist_fill", "session_frac", "step_in_session", "days_since_last",
-            *(f"user_num_{j}" for j in range(self.n_user_num)),
-            *(f"user_cat_{j}" for j in self.cat_columns),
-        ]
-
-    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """(obs_dim,) float32 low and high of every column."""
-        n_num, n_cat = self.n_user_num, len(self.cat_columns)
-        resp_hi = np.r_[np.ones(NB), WATCH_MAX]
-        low = np.r_[np.zeros(2 * (NB + 1) + 4), np.full(n_num, -NUM_CLIP), np.zeros(n_cat)]
-        high = np.r_[resp_hi, resp_hi, np.ones(4), np.full(n_num, NUM_CLIP), np.ones(n_cat)]
-        return low.astype(np.float32), high.astype(np.float32)
-
-
-def observation_names(env: RetentionEnv) -> list[str]:
+def observation_names(env: RetentionEnv, clock: bool = False) -> list[str]:
     """Name of each column of :func:`flat_observation` (length ``obs_dim``)."""
-    return FlatLayout.from_env(env).names()
+    return FlatLayout.from_env(env, clock).names()
 
 
-def observation_space(env: RetentionEnv) -> spaces.Box:
+def observation_space(env: RetentionEnv, clock: bool = False) -> spaces.Box:
     """The single-user Box of :func:`flat_observation`: every column has finite bounds and values are clipped."""
-    low, high = FlatLayout.from_env(env).bounds()
+    low, high = FlatLayout.from_env(env, clock).bounds()
     return spaces.Box(low, high, dtype=np.float32)
 
 
-@torch.no_grad()
-def flat_features(obs: Obs, layout: FlatLayout) -> Tensor:
-    """(B, obs_dim) float32 tensor, deterministic, within ``layout.bounds()``. Columns (see
-    :meth:`FlatLayout.names`):
-
-    * mean of the 8 history response features over non-pad slots (7 behaviours in [0, 1], log-watch);
-    * the same over the last K slots (the most recent slate, or the last logged exposures right after a reset);
-    * fraction of non-pad history slots; session_index / max_sessions; step_in_session / 10 (clipped);
-      days_since_last / max_return_day;
-    * the user's standardised numeric profile features (clipped to ±5) and, for categorical columns with at most
-      16 categories, ``code / (cardinality - 1)``.
-    All-pad histories give zero means. The user features are read from the observation's profile
-    (``obs.profile_num`` / ``obs.profile_cat``, the response model's user tables at ``obs.user``), so no env
-    is needed.
-    """
-    K = layout.slate_size
-    valid = (~obs.hist_pad).float()  # (B, H)
-    resp = obs.hist_resp * valid[..., None]  # (B, H, 8)
-    n = valid.sum(1, keepdim=True)  # (B, 1)
-    n_last = valid[:, -K:].sum(1, keepdim=True)
-    hist_mean = resp.sum(1) / n.clamp(min=1.0)
-    last_mean = resp[:, -K:].sum(1) / n_last.clamp(min=1.0)
-    ctx = torch.stack([
-        n[:, 0] / valid.shape[1],
-        obs.session_index.float() / layout.max_sessions,
-        obs.step_in_session.float() / STEP_SCALE,
-        obs.days_since_last.float() / layout.max_return_day,
-    ], 1)
-    cards = torch.tensor(layout.cat_cards, dtype=torch.float32)
-    user_cat = obs.profile_cat[:, torch.tensor(layout.cat_columns, dtype=torch.long)].float() / (cards - 1.0)
-    x = torch.cat([hist_mean, last_mean, ctx, obs.profile_num.float(), user_cat], 1)
-    low, high = (torch.from_numpy(b) for b in layout.bounds())
-    return torch.nan_to_num(x).clamp(low, high)  # clip: logged watch can exceed WATCH_MAX
-
-
-def flat_observation(obs: Obs, env: RetentionEnv) -> np.ndarray:
+def flat_observation(obs: Obs, env: RetentionEnv, clock: bool = False) -> np.ndarray:
     """(B, obs_dim) float32 array, within :func:`observation_space`: :func:`flat_features` with ``env``'s
-    layout."""
-    return flat_features(obs, FlatLayout.from_env(env)).numpy()
+    layout (``clock``: with the episode clock column, see the module docstring)."""
+    return flat_features(obs, FlatLayout.from_env(env, clock)).numpy()
 
 
 # --- shared pieces -------------------------------------------------------------------------------------------
@@ -209,7 +124,8 @@ class RetentionVectorEnv(gymnasium.vector.VectorEnv):
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
     def __init__(self, sim: Simulator, preset: str = "kuaisim", num_envs: int | None = None,
-                 reward: RewardMode = "both", retention_weight: float = 1.0, **env_overrides: Any) -> None:
+                 reward: RewardMode = "both", retention_weight: float = 1.0, clock: bool = False,
+                 **env_overrides: Any) -> None:
         _check_reward_mode(reward)
         if num_envs is not None:
             if env_overrides.get("n_users", num_envs) != num_envs:
@@ -217,8 +133,8 @@ class RetentionVectorEnv(gymnasium.vector.VectorEnv):
             env_overrides["n_users"] = num_envs
         self.env = _make_core_env(sim, preset, env_overrides)
         self.num_envs = self.env.B
-        self.reward_mode, self.retention_weight = reward, float(retention_weight)
-        self.single_observation_space = observation_space(self.env)
+        self.reward_mode, self.retention_weight, self.clock = reward, float(retention_weight), bool(clock)
+        self.single_observation_space = observation_space(self.env, self.clock)
         self.single_action_space = spaces.Box(-1.0, 1.0, (NB,), dtype=np.float32)
         self.observation_space = gymnasium.vector.utils.batch_space(self.single_observation_space, self.num_envs)
         self.action_space = gymnasium.vector.utils.batch_space(self.single_action_space, self.num_envs)
@@ -232,7 +148,7 @@ class RetentionVectorEnv(gymnasium.vector.VectorEnv):
         obs = _reset_core(self.env, seed, self.np_random, self._seeded)
         self._seeded = True
         B = self.num_envs
-        return flat_observation(obs, self.env), {"user": obs.user.numpy().copy(), "_user": np.ones(B, bool)}
+        return flat_observation(obs, self.env, self.clock), {"user": obs.user.numpy().copy(), "_user": np.ones(B, bool)}
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """actions (B, 7) fusion weights. Raises :class:`ActionError` on a wrong shape or a NaN/inf."""
@@ -242,14 +158,14 @@ class RetentionVectorEnv(gymnasium.vector.VectorEnv):
             raise ActionError(f"action must be a numeric (B, {NB}) array of fusion weights: {exc}") from None
         out = self.env.step(a)  # the core env checks shape and finiteness
         B = self.num_envs
-        obs = flat_observation(out.obs, self.env)
+        obs = flat_observation(out.obs, self.env, self.clock)
         truncated = out.episode_end.numpy().copy()
         info = _step_info(out)
         infos: dict[str, Any] = {}
         for k, v in info.items():
             infos[k], infos[f"_{k}"] = v, np.ones(B, bool)
         if truncated.any():
-            final = flat_observation(out.next_obs, self.env)
+            final = flat_observation(out.next_obs, self.env, self.clock)
             final_obs = np.full(B, None, dtype=object)
             for i in np.flatnonzero(truncated):  # object array by convention; only the rows that ended
                 final_obs[i] = final[i]
@@ -272,13 +188,13 @@ class RetentionGymEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     metadata = {"render_modes": []}
 
     def __init__(self, sim: Simulator, preset: str = "kuaisim", reward: RewardMode = "both",
-                 retention_weight: float = 1.0, **env_overrides: Any) -> None:
+                 retention_weight: float = 1.0, clock: bool = False, **env_overrides: Any) -> None:
         _check_reward_mode(reward)
         if env_overrides.get("n_users", 1) != 1:
             raise RetentionRLError("RetentionGymEnv simulates one user; use RetentionVectorEnv for a batch")
         self.env = _make_core_env(sim, preset, {**env_overrides, "n_users": 1})
-        self.reward_mode, self.retention_weight = reward, float(retention_weight)
-        self.observation_space = observation_space(self.env)
+        self.reward_mode, self.retention_weight, self.clock = reward, float(retention_weight), bool(clock)
+        self.observation_space = observation_space(self.env, self.clock)
         self.action_space = spaces.Box(-1.0, 1.0, (NB,), dtype=np.float32)
         self._seeded = False
         self._needs_reset = True
@@ -289,7 +205,7 @@ class RetentionGymEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         super().reset(seed=seed)
         obs = _reset_core(self.env, seed, self.np_random, self._seeded)
         self._seeded, self._needs_reset = True, False
-        return flat_observation(obs, self.env)[0], {"user": int(obs.user[0])}
+        return flat_observation(obs, self.env, self.clock)[0], {"user": int(obs.user[0])}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """action (7,) fusion weights. Raises :class:`ActionError` on a wrong shape or a NaN/inf."""
@@ -307,6 +223,6 @@ class RetentionGymEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         truncated = bool(out.episode_end[0])
         self._needs_reset = truncated
         # next_obs is the true successor; after an episode end the core row already holds the next user.
-        obs = flat_observation(out.next_obs, self.env)[0]
+        obs = flat_observation(out.next_obs, self.env, self.clock)[0]
         info = {k: v[0].item() for k, v in _step_info(out).items()}
         return obs, float(_reward(out, self.reward_mode, self.retention_weight)[0]), False, truncated, info

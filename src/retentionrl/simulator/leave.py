@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from retentionrl.nets.encoders import mlp
+from retentionrl.utils.scores import roc_auc
 
 
 def leave_features(state: Tensor, step_in_session: Tensor, mean_resp: Tensor) -> Tensor:
@@ -74,8 +75,6 @@ class LeaveFit:
 def fit_learned_leave(features: Tensor, label: Tensor, test: Tensor, seed: int = 0, epochs: int = 8,
                       lr: float = 3e-3, batch_size: int = 4096) -> LeaveFit:
     """label (N,) 1 = the session ended after this exposure. Held-out comparison with the constant rate."""
-    from retentionrl.evaluation.metrics import roc_auc
-
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     train = ~test

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from retentionrl.data.schema import BEHAVIOURS, Interactions
-from retentionrl.evaluation.metrics import roc_auc
+from retentionrl.utils.scores import roc_auc
 from retentionrl.nets.encoders import FeatureEncoder, FeatureTensors, HistoryCache, HistoryTransformer, mlp
 
 N_OUT = len(BEHAVIOURS) + 1  # 7 behaviours + watch time

@@ -39,7 +39,7 @@ def load_trained(run_dir: str, sim: Simulator, eval_overrides: Any = None) -> tu
         raw["eval"] = merge(raw.get("eval", {}), eval_overrides)
     cfg = from_dict(trainer_for(raw.get("algo", "td3"))[0], raw, str(run.config))
     cfg.eval_config()  # a bad (merged) eval key fails here, naming the key, before the agent is built
-    agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed)
+    agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed, env=cfg.env_config())
     if run.checkpoint.is_file():
         agent.load_state_dict(load_checkpoint(run.checkpoint)["agent"])
     return cfg, agent

@@ -152,10 +152,11 @@ def train_offline(cfg: OfflineTrainConfig, sim: Simulator, run_dir: str | Path, 
     # The agent from a freshly seeded global RNG; logging draws from its own streams (fork_rng), so neither
     # depends on the other. Everything is validated before the run directory is written.
     torch.manual_seed(cfg.seed)
-    agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed)
+    env = cfg.env_config()  # what the agent acts in: its features' scales
+    agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed, env=env)
     if not agent.learns:
         raise RetentionRLError(f"algorithm '{cfg.algo}' does not learn from data (nothing to train offline)")
-    behaviour = make_agent(cfg.behaviour, sim, cfg.behaviour_agent, seed=cfg.seed + 1)
+    behaviour = make_agent(cfg.behaviour, sim, cfg.behaviour_agent, seed=cfg.seed + 1, env=env)
     eval_cfg = cfg.eval_config()
     logs = generate_logs(sim, behaviour, cfg.preset, cfg.n_log_users, cfg.log_steps, seed=cfg.seed, env=cfg.env,
                          explore=cfg.behaviour_explore)

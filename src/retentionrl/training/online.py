@@ -45,7 +45,7 @@ def train(cfg: TrainConfig, sim: Simulator, run_dir: str | Path, resume: bool = 
     a job's time limit) ends the call early with a checkpoint to ``resume`` from. Resuming on a simulator with
     another fingerprint than the run's is refused."""
     torch.manual_seed(cfg.seed)
-    agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed)
+    agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed, env=cfg.env_config())
     env = sim.make_env(cfg.preset, n_users=cfg.n_users, users="train", action_mode=agent.action_mode,
                        **cfg.env_overrides())
     eval_cfg = cfg.eval_config()

@@ -27,6 +27,7 @@ from retentionrl.config import from_dict, to_dict
 from retentionrl.errors import RetentionRLError
 from retentionrl.evaluation.protocol import EvalConfig
 from retentionrl.simulator.bundle import SHORT, Simulator
+from retentionrl.simulator.env import EnvConfig, preset
 from retentionrl.utils.io import write_text_atomic
 
 #: the config.yaml / summary.json section that records the simulator
@@ -51,6 +52,10 @@ class RunConfig:
     def env_overrides(self) -> dict[str, Any]:
         """``env`` without ``action_mode``: the agent decides that, in training and in evaluation alike."""
         return {k: v for k, v in self.env.items() if k != "action_mode"}
+
+    def env_config(self) -> EnvConfig:
+        """The environment the agent acts in (its features' scales come from it)."""
+        return preset(self.preset, **self.env_overrides())
 
     def eval_config(self) -> EvalConfig:
         cfg = from_dict(EvalConfig, {"preset": self.preset, "env_overrides": self.env_overrides(), **self.eval}, "eval")
