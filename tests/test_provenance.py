@@ -204,3 +204,41 @@ def test_offline_runs_record_and_check_the_simulator_too(tmp_path):
         train_offline(cfg, other, tmp_path / "bc", resume=True, progress=False)
     summary = train_offline(cfg, sim, tmp_path / "bc", resume=True, progress=False)
     assert summary["bundle"]["fingerprint"] == sim.fingerprint and summary["eval_config"]["n_episodes"] == 8
+
+
+def test_demo_reuses_its_runs_only_for_the_same_config_and_bundle(tmp_path):
+    """The demo's runs are keyed like grid cells: rerunning reuses them, a changed config or a rebuilt bundle
+    retrains (before, a rebuilt bundle reused the old runs and the final compare refused the mix)."""
+    from retentionrl.bench.report import load_runs
+    from retentionrl.cli import demo_runs
+
+    sim = _bundle(tmp_path / "bundles")
+    runs = tmp_path / "runs"
+    lines: list[str] = []
+
+    def demo(s: Simulator, steps: int = 3) -> tuple[list[Path], list[str]]:
+        lines.clear()
+        return demo_runs(s, runs, steps, quick=True, log=lines.append), [ln.split()[1] for ln in lines]
+
+    first, did = demo(sim)
+    assert did == ["training"] * 4 and len({d.parent for d in first}) == 3
+    assert [d.parent.name for d in first] == ["td3", "td3", "ranking", "random"]
+    assert [d.name.split("-")[0] for d in first] == ["seed0", "seed1", "seed0", "seed0"]
+    saved = yaml.safe_load((first[0] / "config.yaml").read_text())
+    assert saved["total_steps"] == 3 and saved["bundle"]["fingerprint"] == sim.fingerprint
+    stamps = [(d / "summary.json").stat().st_mtime_ns for d in first]
+
+    again, did = demo(sim)
+    assert again == first and did == ["reusing"] * 4
+    assert [(d / "summary.json").stat().st_mtime_ns for d in again] == stamps
+
+    longer, did = demo(sim, steps=4)  # an edited demo config: only the TD3 runs change
+    assert did == ["training", "training", "reusing", "reusing"]
+    assert longer[2:] == first[2:] and not set(longer[:2]) & set(first)
+
+    rebuilt = _bundle(tmp_path / "bundles", seed=1)  # another simulator at the same path
+    assert rebuilt.path == sim.path and rebuilt.fingerprint != sim.fingerprint
+    fresh, did = demo(rebuilt)
+    assert did == ["training"] * 4 and not set(fresh) & set(first + longer)
+    runs_ = load_runs(fresh)  # what the demo's compare reads: one simulator
+    assert {r["bundle"]["fingerprint"] for rs in runs_.values() for r in rs} == {rebuilt.fingerprint}

@@ -181,21 +181,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     # A short TD3 against the two fixed baselines, each frozen and evaluated on held-out simulated users.
     from retentionrl.bench.report import write_comparison
-    from retentionrl.config import from_dict
-    from retentionrl.training.online import TrainConfig, train
 
     runs = Path(args.runs)
-    dirs = []
-    for algo, steps, seeds in (("td3", args.td3_steps, (0, 1)), ("ranking", 1, (0,)), ("random", 1, (0,))):
-        for seed in seeds:
-            quick = {"n_users": 8, "eval": {"n_users": 16, "n_episodes": 16, "seeds": [10000, 10001]}} if args.quick else {}
-            cfg = from_dict(TrainConfig, {**DEMO_TRAIN, **quick, "algo": algo, "seed": seed, "total_steps": steps,
-                                          "warmup_steps": min(100, steps - 1)}, "demo")
-            run = runs / f"{algo}-seed{seed}"
-            if not (run / "summary.json").is_file():
-                print(f"[demo] training {algo} (seed {seed}, {steps} steps of {cfg.n_users} users)")
-                train(cfg, sim, run, resume=(run / "config.yaml").is_file())
-            dirs.append(run)
+    dirs = demo_runs(sim, runs, args.td3_steps, args.quick)
     md, _ = write_comparison(dirs, runs / "compare")
     print("\n[demo] frozen policies on held-out simulated users (KuaiSim preset):\n")
     print(md)
@@ -205,6 +193,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 DEMO_TRAIN = {"preset": "kuaisim", "n_users": 32, "log_every": 100, "eval_every": 300, "checkpoint_every": 300,
               "eval": {"n_users": 128, "n_episodes": 256, "seeds": [10000, 10001]}}
+DEMO_QUICK = {"n_users": 8, "eval": {"n_users": 16, "n_episodes": 16, "seeds": [10000, 10001]}}
+
+
+def demo_runs(sim, runs: Path, td3_steps: int, quick: bool, log: Callable[[str], None] = print) -> list[Path]:
+    """The demo's runs (TD3 seeds 0 and 1, ranking, random), trained on ``sim`` unless already there. Each is keyed
+    like a grid cell, ``runs/<algo>/seed<k>-<key>`` with ``key`` hashing its full config (defaults included) and
+    ``sim``'s fingerprint: a finished run is reused only for the same config on the same simulator, so a rebuilt
+    bundle or an edited demo config retrains in new directories instead of mixing simulators in one table."""
+    from retentionrl.bench.grid import cell_dir
+    from retentionrl.config import from_dict, to_dict
+    from retentionrl.training.online import TrainConfig, train
+
+    dirs = []
+    for algo, steps, seeds in (("td3", td3_steps, (0, 1)), ("ranking", 1, (0,)), ("random", 1, (0,))):
+        for seed in seeds:
+            cfg = from_dict(TrainConfig, {**DEMO_TRAIN, **(DEMO_QUICK if quick else {}), "algo": algo, "seed": seed,
+                                          "total_steps": steps, "warmup_steps": min(100, steps - 1)}, "demo")
+            run, _ = cell_dir(runs, algo, seed, to_dict(cfg), sim.fingerprint)
+            if (run / "summary.json").is_file():
+                log(f"[demo] reusing {run} (same config and simulator)")
+            else:
+                log(f"[demo] training {algo} (seed {seed}, {steps} steps of {cfg.n_users} users) in {run}")
+                train(cfg, sim, run, resume=(run / "config.yaml").is_file())
+            dirs.append(run)
+    return dirs
 
 
 def build_parser() -> argparse.ArgumentParser:
