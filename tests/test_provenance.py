@@ -242,3 +242,36 @@ def test_demo_reuses_its_runs_only_for_the_same_config_and_bundle(tmp_path):
     assert did == ["training"] * 4 and not set(fresh) & set(first + longer)
     runs_ = load_runs(fresh)  # what the demo's compare reads: one simulator
     assert {r["bundle"]["fingerprint"] for rs in runs_.values() for r in rs} == {rebuilt.fingerprint}
+
+
+def test_train_accepts_a_runs_config_and_starts_on_the_bundle_it_records(tmp_path, capsys):
+    sim = _bundle(tmp_path / "bundles")
+    a = tmp_path / "runs" / "a"
+    first = train(_cfg(total_steps=4, warmup_steps=2, eval_every=4), sim, a, progress=False)
+    conf = str(a / "config.yaml")
+    b = tmp_path / "runs" / "b"
+    assert main(["train", "--config", conf, "--out", str(b)]) == 0  # no --simulator: the recorded bundle
+    assert (b / "config.yaml").read_text() == (a / "config.yaml").read_text()
+    assert json.loads((b / "summary.json").read_text())["eval"] == first["eval"]
+
+    other = _bundle(tmp_path / "bundles", "other", seed=1)
+    c = tmp_path / "runs" / "c"
+    assert main(["train", "--config", conf, "--simulator", str(other.path), "--out", str(c), "--seed", "3"]) == 0
+    rec = yaml.safe_load((c / "config.yaml").read_text())
+    assert rec["seed"] == 3 and rec["bundle"]["fingerprint"] == other.fingerprint  # --simulator wins
+
+    d = tmp_path / "runs" / "d"  # a run's config also works with --resume
+    assert main(["train", "--config", conf, "--out", str(d), "--stop-after", "2"]) == 0
+    assert main(["train", "--resume", str(d), "--config", conf]) == 0
+    assert json.loads((d / "summary.json").read_text())["eval"] == first["eval"]
+    capsys.readouterr()
+
+    shutil.copy(conf, tmp_path / "copy.yaml")  # its relative bundle path no longer leads to the bundle
+    e = tmp_path / "runs" / "e"
+    assert main(["train", "--config", str(tmp_path / "copy.yaml"), "--out", str(e)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not at" in err[0] and "pass --simulator" in err[0] and not e.exists()
+    _bundle(tmp_path / "bundles", seed=2)  # the recorded bundle rebuilt in place: another simulator
+    assert main(["train", "--config", conf, "--out", str(e)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"records simulator {sim.fingerprint[:16]}" in err[0] and not e.exists()

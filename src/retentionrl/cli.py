@@ -110,9 +110,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from retentionrl.config import from_dict, load_config, merge
     from retentionrl.simulator.bundle import Simulator
     from retentionrl.training import trainer_for
-    from retentionrl.training.run import RunDir
+    from retentionrl.training.run import RunDir, load_recorded, pop_record
 
     over = {k: v for k, v in {"algo": args.algo, "seed": args.seed}.items() if v is not None}
+    # A run's config.yaml may be given as --config: its `bundle` section is provenance, not a setting.
+    record = None
     if args.resume:
         # The run's own config and bundle unless given; a different config or simulator is refused by train().
         run = RunDir(args.resume)
@@ -120,13 +122,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         run.resumable_record()  # before loading any bundle
         raw = merge(load_config(args.config) if args.config else saved, over)
         where = args.config or str(run.config)
+        pop_record(raw, where)  # the run's own record is what counts
         sim = Simulator.load(args.simulator) if args.simulator else Simulator.load(run.simulator_path())
     else:
         raw = merge(load_config(args.config) if args.config else {}, over)
         where = args.config or "train config"
+        record = pop_record(raw, where)
         sim = None
     config_cls, train = trainer_for(raw.get("algo", "td3"))
     cfg = from_dict(config_cls, raw, where)
+    if sim is None and record is not None and not args.simulator:
+        # A copied run config starts on the bundle it records (checked by fingerprint), not on the default one.
+        sim = load_recorded(record, Path(args.config).parent, args.config)
     if sim is None:
         sim = Simulator.load(args.simulator) if args.simulator else _load_or_build_sample_bundle(DEFAULT_BUNDLE)
     run_dir = args.resume or args.out or f"runs/{cfg.algo}-seed{cfg.seed}"
