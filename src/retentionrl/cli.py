@@ -69,10 +69,11 @@ def cmd_simulator_info(args: argparse.Namespace) -> int:
     sim = Simulator.load(args.bundle)
     m = sim.meta
     if args.json:
-        print(json.dumps({k: v for k, v in m.items() if k != "real"}, indent=2))
+        print(json.dumps({"fingerprint": sim.fingerprint, **{k: v for k, v in m.items() if k != "real"}}, indent=2))
         return 0
     print(f"{args.bundle}: {m['dataset']}, {m['n_users']:,} users, {m['n_items']:,} items, "
           f"built in {m['build_seconds']}s with retentionrl {m['retentionrl_version']}")
+    print(f"fingerprint {sim.short_fingerprint} (what runs made on it record; --json for all 64 hex digits)")
     print(_auc_table(m))
     lf, rf = m["leave_fit"], m["return_fit"]
     print(f"leave model   held-out NLL {lf['heldout_nll']:.4f}  (constant {lf['constant_nll']:.4f})")
