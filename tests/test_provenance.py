@@ -209,6 +209,7 @@ def test_offline_runs_record_and_check_the_simulator_too(tmp_path):
 def test_demo_reuses_its_runs_only_for_the_same_config_and_bundle(tmp_path):
     """The demo's runs are keyed like grid cells: rerunning reuses them, a changed config or a rebuilt bundle
     retrains (before, a rebuilt bundle reused the old runs and the final compare refused the mix)."""
+    from retentionrl.bench.grid import cell_key
     from retentionrl.bench.report import load_runs
     from retentionrl.cli import demo_runs
 
@@ -226,6 +227,8 @@ def test_demo_reuses_its_runs_only_for_the_same_config_and_bundle(tmp_path):
     assert [d.name.split("-")[0] for d in first] == ["seed0", "seed1", "seed0", "seed0"]
     saved = yaml.safe_load((first[0] / "config.yaml").read_text())
     assert saved["total_steps"] == 3 and saved["bundle"]["fingerprint"] == sim.fingerprint
+    key = cell_key({k: v for k, v in saved.items() if k != "bundle"}, sim.fingerprint)  # the key is config + bundle
+    assert first[0].name == f"seed0-{key}"
     stamps = [(d / "summary.json").stat().st_mtime_ns for d in first]
 
     again, did = demo(sim)

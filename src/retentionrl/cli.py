@@ -172,7 +172,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The quickstart's default job, on the shipped sample: statistics, a simulator bundle (built once, then
-    reused from bundles/), its AUC table and its calibration against the logs."""
+    reused from bundles/), its AUC table, its calibration against the logs, and a comparison of short runs
+    (:func:`demo_runs`, reused while the bundle and the demo's config are unchanged)."""
     from retentionrl.simulator.calibration import calibration_report
 
     stats = argparse.Namespace(dataset="kuairand-pure", data_dir=None, session_rule="day", gap_minutes=30.0,
