@@ -55,3 +55,15 @@ def test_train_cli_bad_input_is_one_line_and_writes_nothing(tiny_sim, tmp_path, 
     assert "not a run directory" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path), "--simulator", bundle]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_simulator_info_prints_the_fingerprint(tiny_sim, tmp_path, capsys):
+    """Short form in the text, all 64 digits in --json: the same one a run made on the bundle records."""
+    bundle = str(tiny_sim.save(tmp_path / "bundle"))  # a copy: same fingerprint
+    assert main(["simulator", "info", bundle]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:2] == ["fingerprint", tiny_sim.fingerprint[:16]]
+    assert main(["simulator", "info", bundle, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["fingerprint"] == tiny_sim.fingerprint and len(info["fingerprint"]) == 64
+    assert info["n_users"] == tiny_sim.n_users and "real" not in info

@@ -204,3 +204,77 @@ def test_offline_runs_record_and_check_the_simulator_too(tmp_path):
         train_offline(cfg, other, tmp_path / "bc", resume=True, progress=False)
     summary = train_offline(cfg, sim, tmp_path / "bc", resume=True, progress=False)
     assert summary["bundle"]["fingerprint"] == sim.fingerprint and summary["eval_config"]["n_episodes"] == 8
+
+
+def test_demo_reuses_its_runs_only_for_the_same_config_and_bundle(tmp_path):
+    """The demo's runs are keyed like grid cells: rerunning reuses them, a changed config or a rebuilt bundle
+    retrains (before, a rebuilt bundle reused the old runs and the final compare refused the mix)."""
+    from retentionrl.bench.grid import cell_key
+    from retentionrl.bench.report import load_runs
+    from retentionrl.cli import demo_runs
+
+    sim = _bundle(tmp_path / "bundles")
+    runs = tmp_path / "runs"
+    lines: list[str] = []
+
+    def demo(s: Simulator, steps: int = 3) -> tuple[list[Path], list[str]]:
+        lines.clear()
+        return demo_runs(s, runs, steps, quick=True, log=lines.append), [ln.split()[1] for ln in lines]
+
+    first, did = demo(sim)
+    assert did == ["training"] * 4 and len({d.parent for d in first}) == 3
+    assert [d.parent.name for d in first] == ["td3", "td3", "ranking", "random"]
+    assert [d.name.split("-")[0] for d in first] == ["seed0", "seed1", "seed0", "seed0"]
+    saved = yaml.safe_load((first[0] / "config.yaml").read_text())
+    assert saved["total_steps"] == 3 and saved["bundle"]["fingerprint"] == sim.fingerprint
+    key = cell_key({k: v for k, v in saved.items() if k != "bundle"}, sim.fingerprint)  # the key is config + bundle
+    assert first[0].name == f"seed0-{key}"
+    stamps = [(d / "summary.json").stat().st_mtime_ns for d in first]
+
+    again, did = demo(sim)
+    assert again == first and did == ["reusing"] * 4
+    assert [(d / "summary.json").stat().st_mtime_ns for d in again] == stamps
+
+    longer, did = demo(sim, steps=4)  # an edited demo config: only the TD3 runs change
+    assert did == ["training", "training", "reusing", "reusing"]
+    assert longer[2:] == first[2:] and not set(longer[:2]) & set(first)
+
+    rebuilt = _bundle(tmp_path / "bundles", seed=1)  # another simulator at the same path
+    assert rebuilt.path == sim.path and rebuilt.fingerprint != sim.fingerprint
+    fresh, did = demo(rebuilt)
+    assert did == ["training"] * 4 and not set(fresh) & set(first + longer)
+    runs_ = load_runs(fresh)  # what the demo's compare reads: one simulator
+    assert {r["bundle"]["fingerprint"] for rs in runs_.values() for r in rs} == {rebuilt.fingerprint}
+
+
+def test_train_accepts_a_runs_config_and_starts_on_the_bundle_it_records(tmp_path, capsys):
+    sim = _bundle(tmp_path / "bundles")
+    a = tmp_path / "runs" / "a"
+    first = train(_cfg(total_steps=4, warmup_steps=2, eval_every=4), sim, a, progress=False)
+    conf = str(a / "config.yaml")
+    b = tmp_path / "runs" / "b"
+    assert main(["train", "--config", conf, "--out", str(b)]) == 0  # no --simulator: the recorded bundle
+    assert (b / "config.yaml").read_text() == (a / "config.yaml").read_text()
+    assert json.loads((b / "summary.json").read_text())["eval"] == first["eval"]
+
+    other = _bundle(tmp_path / "bundles", "other", seed=1)
+    c = tmp_path / "runs" / "c"
+    assert main(["train", "--config", conf, "--simulator", str(other.path), "--out", str(c), "--seed", "3"]) == 0
+    rec = yaml.safe_load((c / "config.yaml").read_text())
+    assert rec["seed"] == 3 and rec["bundle"]["fingerprint"] == other.fingerprint  # --simulator wins
+
+    d = tmp_path / "runs" / "d"  # a run's config also works with --resume
+    assert main(["train", "--config", conf, "--out", str(d), "--stop-after", "2"]) == 0
+    assert main(["train", "--resume", str(d), "--config", conf]) == 0
+    assert json.loads((d / "summary.json").read_text())["eval"] == first["eval"]
+    capsys.readouterr()
+
+    shutil.copy(conf, tmp_path / "copy.yaml")  # its relative bundle path no longer leads to the bundle
+    e = tmp_path / "runs" / "e"
+    assert main(["train", "--config", str(tmp_path / "copy.yaml"), "--out", str(e)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not at" in err[0] and "pass --simulator" in err[0] and not e.exists()
+    _bundle(tmp_path / "bundles", seed=2)  # the recorded bundle rebuilt in place: another simulator
+    assert main(["train", "--config", conf, "--out", str(e)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"records simulator {sim.fingerprint[:16]}" in err[0] and not e.exists()

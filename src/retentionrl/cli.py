@@ -69,10 +69,11 @@ def cmd_simulator_info(args: argparse.Namespace) -> int:
     sim = Simulator.load(args.bundle)
     m = sim.meta
     if args.json:
-        print(json.dumps({k: v for k, v in m.items() if k != "real"}, indent=2))
+        print(json.dumps({"fingerprint": sim.fingerprint, **{k: v for k, v in m.items() if k != "real"}}, indent=2))
         return 0
     print(f"{args.bundle}: {m['dataset']}, {m['n_users']:,} users, {m['n_items']:,} items, "
           f"built in {m['build_seconds']}s with retentionrl {m['retentionrl_version']}")
+    print(f"fingerprint {sim.short_fingerprint} (what runs made on it record; --json for all 64 hex digits)")
     print(_auc_table(m))
     lf, rf = m["leave_fit"], m["return_fit"]
     print(f"leave model   held-out NLL {lf['heldout_nll']:.4f}  (constant {lf['constant_nll']:.4f})")
@@ -110,9 +111,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from retentionrl.config import from_dict, load_config, merge
     from retentionrl.simulator.bundle import Simulator
     from retentionrl.training import trainer_for
-    from retentionrl.training.run import RunDir
+    from retentionrl.training.run import RunDir, load_recorded, pop_record
 
     over = {k: v for k, v in {"algo": args.algo, "seed": args.seed}.items() if v is not None}
+    # A run's config.yaml may be given as --config: its `bundle` section is provenance, not a setting.
+    record = None
     if args.resume:
         # The run's own config and bundle unless given; a different config or simulator is refused by train().
         run = RunDir(args.resume)
@@ -120,13 +123,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         run.resumable_record()  # before loading any bundle
         raw = merge(load_config(args.config) if args.config else saved, over)
         where = args.config or str(run.config)
+        pop_record(raw, where)  # the run's own record is what counts
         sim = Simulator.load(args.simulator) if args.simulator else Simulator.load(run.simulator_path())
     else:
         raw = merge(load_config(args.config) if args.config else {}, over)
         where = args.config or "train config"
+        record = pop_record(raw, where)
         sim = None
     config_cls, train = trainer_for(raw.get("algo", "td3"))
     cfg = from_dict(config_cls, raw, where)
+    if sim is None and record is not None and not args.simulator:
+        # A copied run config starts on the bundle it records (checked by fingerprint), not on the default one.
+        sim = load_recorded(record, Path(args.config).parent, args.config)
     if sim is None:
         sim = Simulator.load(args.simulator) if args.simulator else _load_or_build_sample_bundle(DEFAULT_BUNDLE)
     run_dir = args.resume or args.out or f"runs/{cfg.algo}-seed{cfg.seed}"
@@ -164,7 +172,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The quickstart's default job, on the shipped sample: statistics, a simulator bundle (built once, then
-    reused from bundles/), its AUC table and its calibration against the logs."""
+    reused from bundles/), its AUC table, its calibration against the logs, and a comparison of short runs
+    (:func:`demo_runs`, reused while the bundle and the demo's config are unchanged)."""
     from retentionrl.simulator.calibration import calibration_report
 
     stats = argparse.Namespace(dataset="kuairand-pure", data_dir=None, session_rule="day", gap_minutes=30.0,
@@ -181,21 +190,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     # A short TD3 against the two fixed baselines, each frozen and evaluated on held-out simulated users.
     from retentionrl.bench.report import write_comparison
-    from retentionrl.config import from_dict
-    from retentionrl.training.online import TrainConfig, train
 
     runs = Path(args.runs)
-    dirs = []
-    for algo, steps, seeds in (("td3", args.td3_steps, (0, 1)), ("ranking", 1, (0,)), ("random", 1, (0,))):
-        for seed in seeds:
-            quick = {"n_users": 8, "eval": {"n_users": 16, "n_episodes": 16, "seeds": [10000, 10001]}} if args.quick else {}
-            cfg = from_dict(TrainConfig, {**DEMO_TRAIN, **quick, "algo": algo, "seed": seed, "total_steps": steps,
-                                          "warmup_steps": min(100, steps - 1)}, "demo")
-            run = runs / f"{algo}-seed{seed}"
-            if not (run / "summary.json").is_file():
-                print(f"[demo] training {algo} (seed {seed}, {steps} steps of {cfg.n_users} users)")
-                train(cfg, sim, run, resume=(run / "config.yaml").is_file())
-            dirs.append(run)
+    dirs = demo_runs(sim, runs, args.td3_steps, args.quick)
     md, _ = write_comparison(dirs, runs / "compare")
     print("\n[demo] frozen policies on held-out simulated users (KuaiSim preset):\n")
     print(md)
@@ -205,6 +202,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 DEMO_TRAIN = {"preset": "kuaisim", "n_users": 32, "log_every": 100, "eval_every": 300, "checkpoint_every": 300,
               "eval": {"n_users": 128, "n_episodes": 256, "seeds": [10000, 10001]}}
+DEMO_QUICK = {"n_users": 8, "eval": {"n_users": 16, "n_episodes": 16, "seeds": [10000, 10001]}}
+
+
+def demo_runs(sim, runs: Path, td3_steps: int, quick: bool, log: Callable[[str], None] = print) -> list[Path]:
+    """The demo's runs (TD3 seeds 0 and 1, ranking, random), trained on ``sim`` unless already there. Each is keyed
+    like a grid cell, ``runs/<algo>/seed<k>-<key>`` with ``key`` hashing its full config (defaults included) and
+    ``sim``'s fingerprint: a finished run is reused only for the same config on the same simulator, so a rebuilt
+    bundle or an edited demo config retrains in new directories instead of mixing simulators in one table."""
+    from retentionrl.bench.grid import cell_dir
+    from retentionrl.config import from_dict, to_dict
+    from retentionrl.training.online import TrainConfig, train
+
+    dirs = []
+    for algo, steps, seeds in (("td3", td3_steps, (0, 1)), ("ranking", 1, (0,)), ("random", 1, (0,))):
+        for seed in seeds:
+            cfg = from_dict(TrainConfig, {**DEMO_TRAIN, **(DEMO_QUICK if quick else {}), "algo": algo, "seed": seed,
+                                          "total_steps": steps, "warmup_steps": min(100, steps - 1)}, "demo")
+            run, _ = cell_dir(runs, algo, seed, to_dict(cfg), sim.fingerprint)
+            if (run / "summary.json").is_file():
+                log(f"[demo] reusing {run} (same config and simulator)")
+            else:
+                log(f"[demo] training {algo} (seed {seed}, {steps} steps of {cfg.n_users} users) in {run}")
+                train(cfg, sim, run, resume=(run / "config.yaml").is_file())
+            dirs.append(run)
+    return dirs
 
 
 def build_parser() -> argparse.ArgumentParser:

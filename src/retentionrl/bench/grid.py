@@ -69,6 +69,12 @@ def cell_key(raw: dict[str, Any], fingerprint: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:KEY_DIGITS]
 
 
+def cell_dir(runs_root: str | Path, label: str, seed: int, raw: dict[str, Any], fingerprint: str) -> tuple[Path, str]:
+    """(``runs_root/<label>/seed<k>-<key>``, key): where a run of config ``raw`` on bundle ``fingerprint`` lives."""
+    key = cell_key(raw, fingerprint)
+    return Path(runs_root) / label / f"seed{seed}-{key}", key
+
+
 def cells(configs: list["str | Path | Variant"], seeds: list[int], runs_root: str | Path, simulator: str) -> list[Cell]:
     """One cell per (config, seed). An entry is a config path (labelled by its stem) or a ``(label, config,
     overrides)`` variant, e.g. ``("gfn4retention-lam0.5", "configs/train/gfn4retention-kuaisim.yaml",
@@ -79,9 +85,8 @@ def cells(configs: list["str | Path | Variant"], seeds: list[int], runs_root: st
     for entry in configs:
         label, config, over = entry if isinstance(entry, tuple) else (Path(entry).stem, entry, {})
         for s in seeds:
-            key = cell_key(resolved_config(config, over, s, label), fingerprint)
-            out.append(Cell(label, str(config), s, str(Path(runs_root) / label / f"seed{s}-{key}"), simulator,
-                            dict(over), key))
+            run, key = cell_dir(runs_root, label, s, resolved_config(config, over, s, label), fingerprint)
+            out.append(Cell(label, str(config), s, str(run), simulator, dict(over), key))
     return out
 
 

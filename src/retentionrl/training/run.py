@@ -10,7 +10,9 @@ A run directory holds ``config.yaml`` (the full train config plus a ``bundle:`` 
 bundle and the run share no directory but ``/`` (e.g. ``/data/bundles/x`` for ``/home/me/runs/y``), and ``null``
 for a simulator that was never loaded from disk. The fingerprint is what is checked: resuming, evaluating or
 comparing on another simulator is refused, naming both fingerprints; ``path`` is where ``retentionrl evaluate RUN``
-and ``train --resume RUN`` find the simulator when no ``--simulator`` is given.
+and ``train --resume RUN`` find the simulator when no ``--simulator`` is given. A run's ``config.yaml`` is also a
+valid ``train --config``: its ``bundle`` section is not a setting (:func:`pop_record`); without ``--simulator`` the
+new run starts on the bundle it records (the path taken relative to the config's folder, the fingerprint checked).
 """
 
 from __future__ import annotations
@@ -85,6 +87,35 @@ def describe(record: dict[str, Any] | None) -> str:
     return f"{str(record['fingerprint'])[:SHORT]} ({record.get('path') or 'in memory'})"
 
 
+def pop_record(raw: dict[str, Any], where: str | Path) -> dict[str, Any] | None:
+    """Remove the ``bundle`` section from the run config ``raw`` and return it (None if it has none)."""
+    record = raw.pop(BUNDLE_KEY, None)
+    if record is not None and not (isinstance(record, dict) and isinstance(record.get("fingerprint"), str)):
+        raise RetentionRLError(f"{where}: '{BUNDLE_KEY}' must be a mapping with a 'fingerprint'")
+    return record
+
+
+def recorded_path(record: dict[str, Any], base: str | Path, owner: str | Path) -> Path:
+    """The bundle directory ``record`` names (its ``path`` is relative to ``base``); errors name ``owner``."""
+    if record.get("path") is None:
+        raise RetentionRLError(f"{owner}: made on an in-memory simulator ({describe(record)}); pass --simulator")
+    path = Path(os.path.normpath(Path(base) / record["path"]))
+    if not path.is_dir():
+        raise RetentionRLError(f"{owner}: its simulator bundle {describe(record)} is not at {path} (moved?); "
+                               "pass --simulator BUNDLE (a bundle with the same fingerprint)")
+    return path
+
+
+def load_recorded(record: dict[str, Any], base: str | Path, owner: str | Path) -> Simulator:
+    """The simulator ``record`` names, refused if the bundle now at its path is another one (e.g. rebuilt)."""
+    path = recorded_path(record, base, owner)
+    sim = Simulator.load(path)
+    if sim.fingerprint != record["fingerprint"]:
+        raise RetentionRLError(f"{owner}: records simulator {describe(record)}, but the bundle at {path} is now "
+                               f"{sim.short_fingerprint}; pass --simulator BUNDLE to choose one")
+    return sim
+
+
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -124,9 +155,7 @@ class RunDir:
         raw = yaml.safe_load(self.config.read_text())
         if not isinstance(raw, dict):
             raise RetentionRLError(f"{self.config}: not a run config (a YAML mapping)")
-        record = raw.pop(BUNDLE_KEY, None)
-        if record is not None and not (isinstance(record, dict) and isinstance(record.get("fingerprint"), str)):
-            raise RetentionRLError(f"{self.config}: '{BUNDLE_KEY}' must be a mapping with a 'fingerprint'")
+        record = pop_record(raw, self.config)
         self.bundle = record
         return raw, record
 
@@ -153,13 +182,7 @@ class RunDir:
         if rec is None:
             raise RetentionRLError(f"{self.config}: records no simulator bundle (a run made before runs recorded "
                                    "it); pass --simulator BUNDLE")
-        if rec.get("path") is None:
-            raise RetentionRLError(f"{self.path}: made on an in-memory simulator ({describe(rec)}); pass --simulator")
-        path = Path(os.path.normpath(self.path / rec["path"]))
-        if not path.is_dir():
-            raise RetentionRLError(f"{self.path}: its simulator bundle {describe(rec)} is not at {path} (moved?); "
-                                   "pass --simulator BUNDLE (a bundle with the same fingerprint)")
-        return path
+        return recorded_path(rec, self.path, self.path)
 
     def load_simulator(self, simulator: str | Path | None = None) -> Simulator:
         """``simulator`` (checked against the record) or the run's own bundle."""
