@@ -76,6 +76,20 @@ def test_grid_reruns_exactly_the_cells_whose_config_or_bundle_changed(tiny_sim, 
     assert log[0] == "[grid] 2 cells, 0 already finished, 2 to run" and not set(moved) & set(after)
 
 
+def test_a_runs_own_config_is_a_grid_config_with_the_same_key(tiny_sim, tmp_path):
+    """A finished run's config.yaml (with its recorded bundle section) plans the same cell as the file it came
+    from: the record is provenance, not a setting."""
+    bundle = str(tiny_sim.save(tmp_path / "bundle"))
+    fixed, _ = _configs(tmp_path)
+    (first,) = run_grid(cells([fixed], [0], tmp_path / "runs", bundle), log=lambda *_: None)
+    copied = tmp_path / "copy" / "fixed.yaml"  # same stem, so the same label
+    copied.parent.mkdir()
+    copied.write_text((Path(first) / "config.yaml").read_text())
+    assert "bundle" in yaml.safe_load(copied.read_text())
+    (again,) = cells([copied], [0], tmp_path / "runs", bundle)
+    assert again.run_dir == first
+
+
 def test_compare_rejects_unfinished_or_foreign_dirs(tmp_path, capsys):
     (tmp_path / "x").mkdir()
     assert main(["compare", str(tmp_path / "x")]) == 2

@@ -24,10 +24,11 @@ from typing import Any
 
 import torch
 
-from retentionrl.config import from_dict, load_config, merge
+from retentionrl.config import from_dict, load_config, merge, to_dict
 from retentionrl.errors import RetentionRLError
 from retentionrl.simulator.bundle import Simulator
 from retentionrl.training import trainer_for
+from retentionrl.training.run import pop_record
 
 KEY_DIGITS = 12
 
@@ -59,8 +60,14 @@ def load_bundle(path: str | Path) -> Simulator:
 
 
 def resolved_config(config: str | Path, overrides: dict[str, Any], seed: int, label: str) -> dict[str, Any]:
-    """The train config a cell runs: the file (``extends`` resolved), the overrides, then seed and label."""
-    return merge(merge(load_config(config), overrides), {"seed": seed, "label": label})
+    """The train config a cell runs, every default filled in: the file (``extends`` resolved), the overrides, then
+    seed and label. Keys hash this, so a key changes when a default does, not when a default is merely spelled
+    out. A run's own ``config.yaml`` may serve as the file: its ``bundle`` record is dropped (the grid names its
+    bundle)."""
+    raw = load_config(config)
+    pop_record(raw, config)
+    raw = merge(merge(raw, overrides), {"seed": seed, "label": label})
+    return to_dict(from_dict(trainer_for(raw.get("algo", "td3"))[0], raw, str(config)))
 
 
 def cell_key(raw: dict[str, Any], fingerprint: str) -> str:
