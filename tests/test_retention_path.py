@@ -11,8 +11,17 @@ from conftest import random_rollout
 from torch import nn
 
 from retentionrl.agents import gfn4retention, rlur, sac, td3
+from retentionrl.errors import RetentionRLError
 from retentionrl.nets.actor_critic import done_mask
-from retentionrl.simulator.synthetic import make_synthetic_simulator
+from retentionrl.simulator.env import preset
+from retentionrl.simulator.synthetic import (
+    CLICK,
+    LONG_VIEW,
+    RETENTION_ENV,
+    expected_return_day_of_weights,
+    item_probabilities,
+    make_synthetic_simulator,
+)
 from retentionrl.training.buffer import obs_from_batch
 
 SMALL = {"batch_size": 16, "hidden": [16], "state_dim": 16, "token_dim": 8}
@@ -261,3 +270,59 @@ def test_online_training_sees_only_training_users(sim, tmp_path):
     assert set(seen.tolist()) <= train_users
     assert not set(seen.tolist()) & set(torch.nonzero(sim.test_users).flatten().tolist())
     assert len(seen) > 0.5 * len(train_users)  # 30 one-session episodes of 16 rows: most training users drawn
+
+
+# --- the retention case: the return law reads long views, the immediate reward counts clicks -----------------
+def test_return_feedback_weights_decouple_retention_from_the_immediate_reward(sim):
+    """Rollouts of click-ranking and long-view-ranking land on the closed-form expected return day; the
+    click-ranking slate has the higher immediate reward but users come back ~2.7 days later."""
+    cfg = preset("kuaisim", **RETENTION_ENV)
+    exact = {name: expected_return_day_of_weights(sim, a, cfg) for name, a in (("click", CLICK), ("long_view", LONG_VIEW))}
+    assert exact["click"] - exact["long_view"] > 2.5
+    for name, a in (("click", CLICK), ("long_view", LONG_VIEW)):
+        env = sim.make_env("kuaisim", n_users=64, **RETENTION_ENV)
+        env.reset(seed=3)
+        days, clicks = [], []
+        for _ in range(100):
+            out = env.step(torch.tensor(a).expand(64, -1))
+            days.append(out.return_day[out.session_end].float())
+            clicks.append(out.reward)
+        d = torch.cat(days)
+        assert abs(float(d.mean()) - exact[name]) < 4 * float(d.std()) / len(d) ** 0.5
+        exact_click = float(item_probabilities(sim)[torch.topk(item_probabilities(sim) @ torch.tensor(a), 6).indices, 0].mean())
+        assert float(torch.cat(clicks).mean()) == pytest.approx(exact_click, abs=0.02)  # the reward counts clicks only
+        exact[name + "_click"] = exact_click
+    assert exact["click_click"] > exact["long_view_click"] + 0.3  # the immediate-greedy action is click-ranking
+    # Without feedback weights the law reads the immediate reward (clicks): click-ranking would bring users back sooner.
+    no_fb = preset("kuaisim", **{**RETENTION_ENV, "returns": {**RETENTION_ENV["returns"], "feedback_weights": None}})
+    assert expected_return_day_of_weights(sim, CLICK, no_fb) < expected_return_day_of_weights(sim, LONG_VIEW, no_fb)
+
+
+def test_long_view_ranking_is_the_retention_optimum(sim):
+    """The closed form: probabilities are state-independent and sessions fixed-length, so the top-6 by long-view
+    probability maximises the session's long-view count stochastically and minimises E[d]; no constant action
+    (one-hot, random in [-1, 1]^7) does better."""
+    cfg = preset("kuaisim", **RETENTION_ENV)
+    best = expected_return_day_of_weights(sim, LONG_VIEW, cfg)
+    g = torch.Generator().manual_seed(0)
+    others = [torch.rand(7, generator=g) * 2 - 1 for _ in range(200)] + [s * torch.eye(7)[b] for b in range(7) for s in (1, -1)]
+    days = torch.tensor([expected_return_day_of_weights(sim, a, cfg) for a in others])
+    assert (days >= best - 1e-9).all() and float(days.mean()) > best + 0.5
+
+
+def test_return_time_range_uses_the_feedback_weights(sim):
+    """P = 0.1 + 0.8 f with f the long-view rate in [0, 1]: floor E[d | P = 0.9], ceiling E[d | P = 0.1]; the
+    click weights alone (the immediate reward) would give the same range here, so check a scaled feedback too."""
+    from retentionrl.simulator.returns import truncated_geometric_mean
+
+    D = sim.max_return_day
+    cfg = preset("kuaisim", **RETENTION_ENV)
+    floor, ceiling = sim.return_time_range(cfg, users="all")
+    assert floor == pytest.approx(float(truncated_geometric_mean(torch.tensor([0.9]), D)), abs=1e-5)
+    assert ceiling == pytest.approx(float(truncated_geometric_mean(torch.tensor([0.1]), D)), abs=1e-5)
+    half = preset("kuaisim", **{**RETENTION_ENV, "returns": {**RETENTION_ENV["returns"], "feedback_weights": [0, 0.5, 0, 0, 0, 0, -0.25]}})
+    floor, ceiling = sim.return_time_range(half, users="all")
+    assert floor == pytest.approx(float(truncated_geometric_mean(torch.tensor([0.1 + 0.8 * 0.5]), D)), abs=1e-5)
+    assert ceiling == pytest.approx(float(truncated_geometric_mean(torch.tensor([0.1 - 0.8 * 0.25]).clamp(min=1e-3), D)), abs=1e-4)
+    with pytest.raises(RetentionRLError, match="feedback_weights needs 7 values"):
+        sim.make_env("kuaisim", returns={"feedback_weights": [1.0, 0.0]})
