@@ -326,3 +326,92 @@ def test_return_time_range_uses_the_feedback_weights(sim):
     assert ceiling == pytest.approx(float(truncated_geometric_mean(torch.tensor([0.1 - 0.8 * 0.25]).clamp(min=1e-3), D)), abs=1e-4)
     with pytest.raises(RetentionRLError, match="feedback_weights needs 7 values"):
         sim.make_env("kuaisim", returns={"feedback_weights": [1.0, 0.0]})
+
+
+# --- learning from the retention signal ------------------------------------------------------------------
+# 3 sessions of 2 requests per user episode; evaluation on the held-out users, 2 seeds x 64 episodes (384 sessions).
+RET_ENV = {**RETENTION_ENV, "max_sessions": 3}
+RET_EVAL = {"n_users": 64, "n_episodes": 64, "seeds": [101, 102], "env_overrides": RET_ENV}
+NET = {"batch_size": 64, "hidden": [32], "state_dim": 16, "token_dim": 8}
+RET_AC = {**NET, "actor_lr": 1e-3, "critic_lr": 3e-3, "retention_weight": 1.0, "immediate_weight": 0.0, "gamma": 0.9}
+RETENTION_TRAINED = {
+    "td3": RET_AC, "sac": RET_AC, "ddpg": RET_AC,
+    "rlur": {**NET, "actor_lr": 1e-3, "critic_lr": 3e-3, "immediate_weight": 0.0},  # the retention critic only
+    # NIF: retention reward only (lam has no effect); the paper's learning rates (2e-5 / 1e-4) are far too slow
+    # for 150 steps, so all three are 1e-3 here.
+    "gfn4retention": {**NET, "heads": 2, "immediate": "none", "flow_lr": 1e-3, "forward_lr": 1e-3, "backward_lr": 1e-3},
+}
+RET_STEPS = {"rlur": 300}  # default 150; see test_retention_trained_agent_closes_the_gap_to_the_retention_optimum
+RET_MARGIN = 0.5  # share of the click-ranking -> optimum gap (in mean return days) a retention learner must close
+
+
+@pytest.fixture(scope="module")
+def retention_gap(sim) -> tuple[float, float]:
+    """(click-ranking's, the optimum's) exact expected return day in the retention case."""
+    cfg = preset("kuaisim", **RET_ENV)
+    return expected_return_day_of_weights(sim, CLICK, cfg), expected_return_day_of_weights(sim, LONG_VIEW, cfg)
+
+
+def _train_retention(sim, algo: str, agent_cfg: dict, path, env: dict = RET_ENV, seed: int = 0) -> float:
+    """Mean return day (evaluation on held-out users) after ``RET_STEPS`` steps of 32 training users."""
+    from retentionrl.training.online import TrainConfig, train
+
+    steps = RET_STEPS.get(algo, 150)
+    tc = TrainConfig(algo=algo, seed=seed, env=env, n_users=32, total_steps=steps, warmup_steps=20,
+                     buffer_size=steps * 32, log_every=steps, eval_every=steps, checkpoint_every=steps,
+                     eval={**RET_EVAL, "env_overrides": env}, agent=agent_cfg)
+    return train(tc, sim, path, progress=False)["eval"]["return_time"]
+
+
+def _closed(return_time: float, gap: tuple[float, float]) -> float:
+    click, best = gap
+    return (click - return_time) / (click - best)
+
+
+@pytest.mark.parametrize("algo", sorted(RETENTION_TRAINED))
+def test_retention_trained_agent_closes_the_gap_to_the_retention_optimum(algo, sim, retention_gap, tmp_path):
+    """Measured over seeds 0-4 (150 steps; this test runs seed 0): TD3, SAC, DDPG close 98-101% of the gap (seeds
+    0-2), GFN4Retention 95-102% (either terminal step). RLUR closed 89-99% in 4 seeds of 5 at 150 steps and -10% in
+    seed 2 (0.99 with soft_regularization 0: the KL pull towards its slow Polyak copy holds the early policy), and
+    89-100% in every seed at 300 steps, which it gets here."""
+    rt = _train_retention(sim, algo, dict(RETENTION_TRAINED[algo]), tmp_path / algo)
+    closed = _closed(rt, retention_gap)
+    assert rt > retention_gap[1] - 0.15  # evaluation noise only: nothing beats the optimum in expectation
+    assert closed >= RET_MARGIN, (
+        f"{algo}: mean return day {rt:.3f} closes {closed:.0%} of the gap between click-ranking "
+        f"({retention_gap[0]:.3f}) and the retention optimum ({retention_gap[1]:.3f}); needs {RET_MARGIN:.0%}")
+
+
+def test_immediate_greedy_policies_do_not_close_the_gap(sim, retention_gap, tmp_path):
+    """Click-ranking (the immediate optimum) and TD3 trained on the immediate reward with gamma 0 stay at the
+    click-ranking return time."""
+    from retentionrl.agents import make_agent
+    from retentionrl.evaluation.protocol import EvalConfig, evaluate_policy
+
+    ranking = evaluate_policy(make_agent("ranking", sim, {}, seed=0), sim, EvalConfig(**RET_EVAL))["mean"]["return_time"]
+    immediate = {**RET_AC, "retention_weight": 0.0, "immediate_weight": 1.0, "gamma": 0.0}
+    rt = _train_retention(sim, "td3", immediate, tmp_path / "td3-immediate")
+    for value in (ranking, rt):
+        assert _closed(value, retention_gap) < 0.25
+
+
+def test_gfn_learns_the_ending_action_only_with_the_terminal_transition(sim, retention_gap, tmp_path):
+    """1-request sessions: every transition ends a session. The old anchor on s_T gives P_F no gradient at all,
+    so GFN4Retention cannot learn; the terminal transition trains the ending action. Measured, seeds 0-2:
+    transition closes 99-100% of the gap, state 3%, -1% and 5%."""
+    env = {**RET_ENV, "leave": {"initial_temper": 1.0}, "max_sessions": 4}
+    cfg = preset("kuaisim", **env)
+    gap = (expected_return_day_of_weights(sim, CLICK, cfg), expected_return_day_of_weights(sim, LONG_VIEW, cfg))
+    closed = {step: _closed(_train_retention(sim, "gfn4retention", {**RETENTION_TRAINED["gfn4retention"], "terminal_step": step},
+                                             tmp_path / step, env=env), gap) for step in ("transition", "state")}
+    assert closed["transition"] >= RET_MARGIN and closed["state"] < 0.25, closed
+
+
+def test_gfn_policy_head_gets_no_gradient_from_session_ends_with_the_old_terminal_form(sim, rollout):
+    _, batch = rollout
+    ends = {k: v[batch["session_end"]] for k, v in batch.items()}  # only session-end rows
+    for step, moves in (("transition", True), ("state", False)):
+        agent = gfn4retention.build(sim, {**GFN, "terminal_step": step}, 0)
+        before = _params(agent.nets.policy)
+        agent.update(ends)
+        assert (not torch.equal(before, _params(agent.nets.policy))) == moves, step
