@@ -374,11 +374,11 @@ def test_retention_trained_agent_closes_the_gap_to_the_retention_optimum(algo, s
     """Measured (150 steps; this test runs seed 0): TD3, SAC, DDPG close 98-101% of the gap (seeds 0, 3, 5, 7, whose
     untrained policies close -15 to -8%; seeds 1, 2 start at 98% / 54% by luck, hence the check of the untrained
     policy), GFN4Retention 95-102% (seeds 0-4, either terminal step; untrained seeds 0-2: -19 to -11%), RLUR 99-102%
-    (seeds 0-4; untrained seeds 0-2: -17 to -14%). Their evaluation actions
-    rank by long view / like and against click (SAC's tanh(mu) is small, ~0.1, but in that direction in every
-    seed). RLUR with the default Polyak rate tau = 0.005 closed 98, 94, -10, 99, 89% (seeds 0-4) yet had not
-    learned: its retention critic regresses on the raw day count discounted once per session, so Q_T ~ E[d] /
-    (1 - 0.9) = 15-43, but it was still ~2 after 150-300 updates through the slow target copies, and tanh(mu) had
+    (seeds 0-4; untrained seeds 0-2: -17 to -14%). In their evaluation actions (seed 0) the long-view or like
+    weight is the largest (SAC's tanh(mu) is small, ~0.1, but long view leads in seeds 0-2). RLUR with the
+    default Polyak rate tau = 0.005 closed 98, 94, -10, 99, 89% (seeds 0-4) yet had not learned: its retention
+    critic regresses on the raw day count (over its Markov bound) discounted once per session, so Q_T is of order
+    E[d] / (1 - 0.9), up to 15-43, but it was still ~2 after 150-300 updates through the slow target copies, and tanh(mu) had
     moved < 0.2 from its initialisation (the result was the sign pattern of near-zero weights). With tau = 0.05
     its long-view weight reaches 0.49-0.76 in every seed."""
     from retentionrl.agents import make_agent
