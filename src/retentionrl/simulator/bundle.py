@@ -70,7 +70,8 @@ class Simulator:
         """(floor, ceiling) of the mean return day over ``users`` that *any* policy can reach under a geometric
         return model: ``P = bias + personal(u) + kappa * r`` is monotone in the session's feedback r (the mean
         immediate reward, or the mean of ``Σ_b v_b y_b`` with ``returns.feedback_weights`` v), which lies in
-        ``[sum of negative weights, sum of positive weights]`` (every shown item with every behaviour, or none). It measures how much leverage a ranking policy has on return time here."""
+        ``[sum of negative weights, sum of positive weights]`` (every shown item with every behaviour, or none).
+        It measures how much leverage a ranking policy has on return time here."""
         from retentionrl.simulator.returns import truncated_geometric_mean
 
         if isinstance(cfg, str):
