@@ -11,8 +11,13 @@ sittings — rerun the same command; a cell whose config or bundle changed is re
   preset). Runs live in ``runs/baselines-kuairand`` (shared with ``baselines_kuairand.py``).
 * ``movielens``: the same six on ``bundles/ml-100k`` -> ``runs/movielens-100k``, with the ranking model and the
   random policy as reference rows (not candidates for the t-tests' reference).
-* ``ablations``: RLUR w/o RND / normalisation / groups / soft regularisation; GFN4Retention NCD / NIF / SIF.
+* ``ablations``: RLUR w/o RND / normalisation / groups / soft regularisation; GFN4Retention NCD / NIF / SIF and
+  the old terminal form (``terminal_step: state``).
 * ``sweep``: GFN4Retention's balance lambda in {0.5, 0.7, 0.9, 1.0, 1.1, 1.3, 1.5}.
+* ``terminal-step``: GFN4Retention, its NCD / NIF / SIF ablations and the lambda sweep, each with the session
+  end as a detailed-balance step into the terminal state (``terminal_step: transition``, the default) and with
+  the earlier anchor on the state before the last request (``state``), side by side -> ``runs/gfn-terminal-step``
+  (labels ``<config>-transition`` / ``<config>-state``; t-tests against the old form of the full model).
 * ``random-state``: TD3, GFN4Retention (and its NIF ablation), ranking and random with KuaiSim's kind of return
   model — the personal term an untrained random linear map of the end-of-session state (``personal:
   random_state``) — to measure how much a policy can move return time when the return law depends on the state
@@ -29,6 +34,7 @@ import argparse
 from pathlib import Path
 
 from retentionrl.bench.grid import cells, run_grid
+from retentionrl.config import merge
 from retentionrl.bench.report import (
     load_runs,
     sweep_plot,
@@ -73,8 +79,8 @@ def table(run_dirs: list[str], out: Path, baselines: list[str], extra: str = "")
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--parts", nargs="+", default=["kuairand", "movielens", "ablations", "sweep", "random-state"],
-                    choices=["kuairand", "movielens", "ablations", "sweep", "random-state"])
+    parts = ["kuairand", "movielens", "ablations", "sweep", "random-state", "terminal-step"]
+    ap.add_argument("--parts", nargs="+", default=parts, choices=parts)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--kuairand-bundle", default=str(REPO / "bundles" / "kuairand-pure"))
@@ -100,7 +106,7 @@ def main() -> None:
         print(table(done, results / "retention_movielens", [f"{m}-movielens" for m in BASELINES], paper_table("movielens")))
     if "ablations" in args.parts:
         for method, variants in (("rlur", ["no-rnd", "no-normalization", "no-groups", "no-soft-regularization"]),
-                                 ("gfn4retention", ["ncd", "nif", "sif"])):
+                                 ("gfn4retention", ["ncd", "nif", "sif", "terminal-state"])):
             configs = [TRAIN / f"{method}-kuaisim.yaml", *(TRAIN / "ablations" / f"{method}-kuaisim-{v}.yaml" for v in variants)]
             done = grid(configs, args.ablation_seeds, kr_runs, args.kuairand_bundle)
             print(table(done, results / f"retention_ablations_{method}", [f"{method}-kuaisim"]))
@@ -114,6 +120,16 @@ def main() -> None:
         md = sweep_plot(runs, values, out / "lambda_sweep.png", "lambda")
         write_text_atomic(out / "lambda_sweep.md", md)
         print(md)
+    if "terminal-step" in args.parts:
+        base = TRAIN / "gfn4retention-kuaisim.yaml"
+        gfn = [("gfn4retention-kuaisim", base, {}),
+               *((f"gfn4retention-kuaisim-{v}", TRAIN / "ablations" / f"gfn4retention-kuaisim-{v}.yaml", {})
+                 for v in ("ncd", "nif", "sif")),
+               *((f"gfn4retention-kuaisim-lam{lam:g}", base, {"agent": {"lam": lam}}) for lam in LAMBDAS if lam != 1.0)]
+        variants = [(f"{label}-{step}", config, merge(over, {"agent": {"terminal_step": step}}))
+                    for label, config, over in gfn for step in ("transition", "state")]
+        done = grid(variants, args.ablation_seeds, REPO / "runs" / "gfn-terminal-step", args.kuairand_bundle)
+        print(table(done, results / "retention_terminal_step", ["gfn4retention-kuaisim-state"]))
     if "random-state" in args.parts:
         over = {"env": {"returns": {"personal": "random_state"}}}
         variants = [(f"{Path(m).name}-random-state", TRAIN / f"{m}.yaml", over) for m in RANDOM_STATE]

@@ -1,5 +1,6 @@
 """RLUR and GFN4Retention: hand-computed losses and formulas, RND novelty, group routing, and the agents'
-contract (shapes, determinism, finite updates, exact state round trip, every ablation switch)."""
+contract (shapes, determinism, exact state round trip). The ablation switches' effect on
+targets and losses, and the GFN terminal step's gradient, are also in ``test_retention_path.py``."""
 
 from __future__ import annotations
 
@@ -27,44 +28,83 @@ ABLATIONS = {
 
 
 # --- GFN4Retention: the refined detailed-balance loss on a two-step toy trajectory ---------------------------
-def test_detailed_balance_loss_by_hand():
+def _toy_trajectory() -> dict:
     """Session s0 -> s1 -> end. Step 0 (inside): log F(s0) = 1.0, P_F(a0|s0) = 0.5, log F(s1) = 0.2, P_B = 0.25,
-    r0 = 0.3. Step 1 (session end, d = 2 so R_ret = 1/2): log F(s1) = 0.2, r1 = 0.4 (not observed by the
-    terminal term), session sum 0.7. lam = 1, b_f = b_b = 1, b_r = 0.6."""
-    args = dict(
+    r0 = 0.3. Step 1 (session end, d = 2 so R_ret = 1/2): log F(s1) = 0.2, P_F(a1|s1) = 0.9, P_B = 0.6, r1 = 0.4,
+    session sum 0.7; its log F(s_{t+1}) = 5.0 is the next session's and must not be read."""
+    return dict(
         log_flow=torch.tensor([1.0, 0.2]), log_pf=torch.log(torch.tensor([0.5, 0.9])),
-        log_flow_next=torch.tensor([0.2, 5.0]), p_back=torch.tensor([0.25, 0.9]), reward=torch.tensor([0.3, 0.4]),
+        log_flow_next=torch.tensor([0.2, 5.0]), p_back=torch.tensor([0.25, 0.6]), reward=torch.tensor([0.3, 0.4]),
         session_end=torch.tensor([False, True]), retention=torch.tensor([0.0, 0.5]),
         session_reward=torch.tensor([0.3, 0.7]),
     )
-    off = dict(lam=1.0, b_f=1.0, b_b=1.0, b_r=0.6)
-    inside = 1.0 + math.log(1.5) - 0.2 - math.log(1.25) - 0.3  # 0.682321
+
+
+OFFSETS = dict(lam=1.0, b_f=1.0, b_b=1.0, b_r=0.6)
+INSIDE = 1.0 + math.log(1.5) - 0.2 - math.log(1.25) - 0.3  # 0.682321
+
+
+def test_detailed_balance_loss_by_hand():
+    """The default terminal step: the last request is a balance step into the terminal state, whose log-flow
+    is log(R_ret + b_r) = log 1.1: 0.2 + log 1.9 - log 1.1 - log 1.6 - 0.4 = -0.123460."""
+    args = _toy_trajectory()
+    end = 0.2 + math.log(1.9) - math.log(1.1) - math.log(1.6) - 0.4
+    full = detailed_balance_loss(**args, **OFFSETS)
+    assert full.tolist() == pytest.approx([INSIDE**2, end**2], abs=1e-6)
+    assert full.tolist() == pytest.approx([0.465562, 0.015242], abs=1e-6)
+    assert torch.equal(detailed_balance_loss(**args, **OFFSETS, terminal_step="transition"), full)  # the default
+    # NIF: no immediate reward anywhere (r1 leaves the end step too); SIF: the whole session's rewards
+    # (0.7 = r0 + r1) in the terminal target only, so SIF and the full model integrate the same rewards.
+    nif = detailed_balance_loss(**args, **OFFSETS, immediate="none")
+    assert nif.tolist() == pytest.approx([(INSIDE + 0.3) ** 2, (end + 0.4) ** 2], abs=1e-6)
+    sif = detailed_balance_loss(**args, **OFFSETS, immediate="terminal")
+    assert sif.tolist() == pytest.approx([(INSIDE + 0.3) ** 2, (end + 0.4 - 0.7) ** 2], abs=1e-6)
+    # lam scales every step reward, the ending one included: lam = 0.5 -> inside + 0.15, end + 0.2.
+    half = detailed_balance_loss(**args, **{**OFFSETS, "lam": 0.5})
+    assert half.tolist() == pytest.approx([(INSIDE + 0.15) ** 2, (end + 0.2) ** 2], abs=1e-6)
+
+
+def test_detailed_balance_loss_by_hand_old_terminal_state():
+    """``terminal_step: state`` anchors s_T itself: (log F(s1) - log 1.1)^2, whatever P_F(a1), P_B and r1 are;
+    SIF's terminal target then holds the rewards before the last request only (0.7 - 0.4 = r0)."""
+    args = _toy_trajectory()
     end = 0.2 - math.log(1.1)  # 0.104690
-    full = detailed_balance_loss(**args, **off)
-    assert full.tolist() == pytest.approx([inside**2, end**2], abs=1e-6)
-    assert full.tolist() == pytest.approx([0.465562, 0.010960], abs=1e-6)
-    # NIF: no immediate reward anywhere; SIF: the session's rewards before the last request (0.7 - 0.4 = r0) only
-    # in the terminal target, so SIF and the full model integrate the same rewards.
-    nif = detailed_balance_loss(**args, **off, immediate="none")
-    assert nif.tolist() == pytest.approx([(inside + 0.3) ** 2, end**2], abs=1e-6)
-    sif = detailed_balance_loss(**args, **off, immediate="terminal")
-    assert sif.tolist() == pytest.approx([(inside + 0.3) ** 2, (end - 0.3) ** 2], abs=1e-6)
-    # lam scales the step reward: lam = 0.5 -> inside + 0.15.
-    half = detailed_balance_loss(**args, **{**off, "lam": 0.5})
-    assert float(half[0]) == pytest.approx((inside + 0.15) ** 2, abs=1e-6)
+    old = detailed_balance_loss(**args, **OFFSETS, terminal_step="state")
+    assert old.tolist() == pytest.approx([INSIDE**2, end**2], abs=1e-6)
+    assert old.tolist() == pytest.approx([0.465562, 0.010960], abs=1e-6)
+    nif = detailed_balance_loss(**args, **OFFSETS, immediate="none", terminal_step="state")
+    assert nif.tolist() == pytest.approx([(INSIDE + 0.3) ** 2, end**2], abs=1e-6)
+    sif = detailed_balance_loss(**args, **OFFSETS, immediate="terminal", terminal_step="state")
+    assert sif.tolist() == pytest.approx([(INSIDE + 0.3) ** 2, (end - 0.3) ** 2], abs=1e-6)
+
+
+@pytest.mark.parametrize("immediate", ["step", "none", "terminal"])
+def test_the_ending_action_gets_a_forward_policy_gradient_only_with_the_transition_step(immediate):
+    """d loss / d log P_F(a_T|s_T) at the session end: non-zero with the terminal transition, exactly zero with
+    the old anchor on s_T (the action that ended the session was never trained)."""
+    grads = {}
+    for step in ("transition", "state"):
+        args = _toy_trajectory()
+        log_pf = args.pop("log_pf").requires_grad_(True)
+        detailed_balance_loss(**args, log_pf=log_pf, **OFFSETS, immediate=immediate, terminal_step=step).sum().backward()
+        grads[step] = log_pf.grad
+    assert grads["transition"][1].abs() > 1e-3 and grads["state"][1] == 0
+    assert grads["transition"][0] == grads["state"][0] != 0  # inside the session nothing changes
 
 
 def test_detailed_balance_is_zero_on_consistent_flows():
-    """Flows built to satisfy the balance exactly: F(s1) = R_ret + b_r, F(s0) from the step equation."""
-    pf, pb, r, b = 0.4, 0.7, 0.25, 1.0
-    log_f1 = math.log(1 / 3 + 0.6)
-    log_f0 = log_f1 + math.log(pb + b) + r - math.log(pf + b)
-    loss = detailed_balance_loss(
-        torch.tensor([log_f0, log_f1]), torch.log(torch.tensor([pf, 0.5])), torch.tensor([log_f1, 0.0]),
-        torch.tensor([pb, 0.5]), torch.tensor([r, 0.9]), torch.tensor([False, True]), torch.tensor([0.0, 1 / 3]),
-        torch.tensor([r, r + 0.9]), lam=1.0, b_f=b, b_b=b, b_r=0.6,
-    )
-    assert loss.abs().max() < 1e-10
+    """Flows built to satisfy the balance exactly: F(s1) from the terminal step into F(s2) = R_ret + b_r,
+    F(s0) from the step equation (both terminal forms: for the old one, F(s1) = R_ret + b_r)."""
+    pf, pb, r, b = (0.4, 0.3), (0.7, 0.2), (0.25, 0.9), 1.0
+    log_r = math.log(1 / 3 + 0.6)
+    for step, log_f1 in (("transition", log_r + math.log(pb[1] + b) + r[1] - math.log(pf[1] + b)), ("state", log_r)):
+        log_f0 = log_f1 + math.log(pb[0] + b) + r[0] - math.log(pf[0] + b)
+        loss = detailed_balance_loss(
+            torch.tensor([log_f0, log_f1]), torch.log(torch.tensor(pf)), torch.tensor([log_f1, 7.0]),
+            torch.tensor(pb), torch.tensor(r), torch.tensor([False, True]), torch.tensor([0.0, 1 / 3]),
+            torch.tensor([r[0], r[0] + r[1]]), lam=1.0, b_f=b, b_b=b, b_r=0.6, terminal_step=step,
+        )
+        assert loss.abs().max() < 1e-10, step
 
 
 # --- RLUR: normalisation, RND, groups ----------------------------------------------------------------------
@@ -172,24 +212,26 @@ def test_act_shapes_bounds_and_determinism(algo, tiny_sim, rollout):
     assert not torch.equal(e1, e2)
 
 
-@pytest.mark.parametrize("algo", BUILDERS)
-def test_updates_are_finite_for_the_method_and_every_ablation(algo, tiny_sim, rollout):
-    _, batch = rollout
-    build, cfg = BUILDERS[algo]
-    for ablation in [{}, *ABLATIONS[algo]]:
-        agent = build(tiny_sim, {**cfg, **ablation}, 0)
-        for _ in range(3):
-            info = agent.update(batch)
-        assert all(math.isfinite(v) for v in info.values()), (ablation, info)
-        assert agent.n_updates == 3
-
-
-def test_rlur_switches_change_what_is_computed(tiny_sim, rollout):
-    _, batch = rollout
-    info = rlur.build(tiny_sim, {**SMALL, **GROUPED}, 0).update(batch)
-    assert info["rnd_bonus"] > 0 and "kl" in info and "rnd_loss" in info
-    info = rlur.build(tiny_sim, {**SMALL, **GROUPED, "rnd": False, "soft_regularization": 0.0}, 0).update(batch)
-    assert info["rnd_bonus"] == 0 and "kl" not in info and "rnd_loss" not in info
+# Each ablation switch's effect on the computed targets / loss: tests/test_retention_path.py.
+def test_rlur_group_switch_routes_each_user_group_to_its_own_heads(tiny_sim, rollout):
+    """Grouped: a change to group k's retention head moves Q_T (and the actor's mean) of group-k rows only; the
+    no-groups ablation has one head that every row uses."""
+    obs, _ = rollout
+    agent = rlur.build(tiny_sim, {**SMALL, **GROUPED}, 0)
+    g = agent.groups(obs)
+    k = int(g[0])
+    a = torch.zeros(8, 7)
+    with torch.no_grad():
+        z = agent.critic.enc(obs)
+        before, mu_before = agent.critic.q(z, a, g)[0], agent.actor(obs, g)[0]
+        agent.critic.q_t1.biases[-1][k] += 1.0
+        agent.actor.head.biases[-1][k] += 1.0
+        after, mu_after = agent.critic.q(z, a, g)[0], agent.actor(obs, g)[0]
+    assert torch.allclose(after - before, (g == k).float()) and (g != k).any()
+    assert torch.allclose((mu_after - mu_before)[:, 0], (g == k).float())
+    flat = rlur.build(tiny_sim, {**SMALL, "group_feature": None, "groups": []}, 0)
+    assert flat.groups.n == 1 and flat.groups(obs).tolist() == [0] * 8
+    assert flat.critic.q_t1.weights[0].shape[0] == 1 and agent.critic.q_t1.weights[0].shape[0] == 3
 
 
 def test_gfn_loss_decreases_on_a_fixed_batch(tiny_sim, rollout):

@@ -49,9 +49,10 @@ def test_sac_alpha_tunes_or_stays_fixed(tiny_sim, rollout):
     _, batch = rollout
     tuned = sac.build(tiny_sim, dict(SMALL), 0)
     fixed = sac.build(tiny_sim, {**SMALL, "autotune": False, "alpha": 0.05}, 0)
-    tuned.update(batch)
+    tuned_info = tuned.update(batch)
     info = fixed.update(batch)
-    assert tuned.alpha != pytest.approx(0.2, abs=0.0)
+    # The initial policy's entropy is above the target -7, so alpha falls (direction tests: test_retention_path).
+    assert tuned_info["entropy"] > -7.0 and tuned.alpha < 0.2
     assert fixed.alpha == pytest.approx(0.05) and info["alpha"] == pytest.approx(0.05) and "alpha_loss" not in info
     with pytest.raises(Exception, match="alpha"):
         sac.build(tiny_sim, {**SMALL, "alpha": 0.0}, 0)

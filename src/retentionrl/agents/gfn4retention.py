@@ -8,14 +8,21 @@ flow ``F_imm(s_t) = exp(lam * sum_{i<t} r_i)``, so the integrated terminal rewar
 transition of a replay batch (N,)::
 
     inside a session:   (log F(s_t) + log(P_F(a_t|s_t) + b_f) - log F(s_{t+1}) - log(P_B + b_b) - lam * r_t)^2
-    at the session end: (log F(s_T) - log(R_ret + b_r))^2           (the last request observes no r_t)
+    at the session end: (log F(s_T) + log(P_F(a_T|s_T) + b_f) - log(R_ret + b_r) - log(P_B + b_b) - lam * r_T)^2
+
+The session's last request a_T is a detailed-balance step into the terminal state s_{T+1}, whose flow is the
+retention reward, ``log F(s_{T+1}) := log(R_ret + b_r)`` (``terminal_step: transition``, the default): the
+action that ended the session gets a P_F gradient, although the return law depends on its reward.
+``terminal_step: state`` is the earlier form, which anchors the flow of the state *before* the last request,
+``(log F(s_T) - log(R_ret + b_r))^2``, so a_T and r_T enter no loss (1 request in 5 under the KuaiSim preset).
 
 The loss is the batch mean; one Adam step updates the policy (with the shared state encoder), the flow and the
 backward network at their own learning rates. The state is ``[StateEncoder(obs), ContextDetector(obs)]``: the
 transformer over the history plus the DNN context-detecting module (``context_module: false`` is the paper's
 NCD ablation). ``immediate: none`` is NIF (retention reward only, i.e. lam = 0); ``immediate: terminal`` is SIF
-(the session's summed immediate reward only enters the terminal target, ``log(R_ret + b_r) + lam * sum_{t<T} r_t``:
-the same rewards the full model spreads over its steps, so the ablation moves where they enter, not which).
+(the session's summed immediate reward only enters the terminal target, ``log(R_ret + b_r) + lam * sum_{t<=T} r_t``,
+``sum_{t<T}`` with ``terminal_step: state``: the same rewards the full model spreads over its steps, so the
+ablation moves where they enter, not which).
 
 Choices where the text is ambiguous (``docs/methods.md``): P_F is the density of the pre-squash Gaussian at
 ``u = atanh(a)``, taken per action dimension (the geometric mean over the 7 dimensions), so that it is O(1) like
@@ -64,27 +71,31 @@ class GFN4RetentionConfig:
     context_dim: int = 32
     context_module: bool = True  # False: NCD
     immediate: Literal["step", "terminal", "none"] = "step"  # terminal: SIF, none: NIF
+    terminal_step: Literal["transition", "state"] = "transition"  # state: the old anchor on s_T (see above)
 
 
 def detailed_balance_loss(
     log_flow: Tensor, log_pf: Tensor, log_flow_next: Tensor, p_back: Tensor, reward: Tensor, session_end: Tensor,
     retention: Tensor, session_reward: Tensor, *, lam: float, b_f: float, b_b: float, b_r: float,
-    immediate: str = "step",
+    immediate: str = "step", terminal_step: str = "transition",
 ) -> Tensor:
     """Per-transition refined detailed-balance loss (N,).
 
-    log_flow, log_flow_next: log F_ret(s_t), log F_ret(s_{t+1}); log_pf: log P_F(a_t|s_t); p_back: P_B in (0, 1);
-    reward: r_t; session_end: bool; retention: R_ret at a session end; session_reward: sum of r over the session
-    up to and including r_t (used by ``immediate="terminal"`` only). All (N,).
+    log_flow, log_flow_next: log F_ret(s_t), log F_ret(s_{t+1}) (the latter unused at a session end);
+    log_pf: log P_F(a_t|s_t); p_back: P_B in (0, 1); reward: r_t; session_end: bool; retention: R_ret at a
+    session end; session_reward: sum of r over the session up to and including r_t (used by
+    ``immediate="terminal"`` only). All (N,).
     """
     step_r = lam * reward if immediate == "step" else torch.zeros_like(reward)
     log_pf_off = torch.logaddexp(log_pf, torch.full_like(log_pf, math.log(b_f))) if b_f > 0 else log_pf
-    inside = log_flow + log_pf_off - log_flow_next - torch.log(p_back + b_b) - step_r
-    target = torch.log(retention + b_r)
-    if immediate == "terminal":
-        target = target + lam * (session_reward - reward)  # sum_{t<T}: the ending request's r_T is unseen, as above
-    end = log_flow - target
-    return torch.where(session_end, end, inside).pow(2)
+    target = torch.log(retention + b_r)  # log F of the terminal state
+    if immediate == "terminal":  # SIF: every reward the full model's steps see, in the terminal target instead
+        target = target + lam * (session_reward if terminal_step == "transition" else session_reward - reward)
+    if terminal_step == "state":  # the old form: anchor s_T itself; a_T and r_T enter nothing
+        inside = log_flow + log_pf_off - log_flow_next - torch.log(p_back + b_b) - step_r
+        return torch.where(session_end, log_flow - target, inside).pow(2)
+    log_flow_next = torch.where(session_end, target, log_flow_next)
+    return (log_flow + log_pf_off - log_flow_next - torch.log(p_back + b_b) - step_r).pow(2)
 
 
 class GFNNets(nn.Module):
@@ -160,6 +171,7 @@ class GFN4Retention(TorchAgent):
             log_f_all[:N], per_dim_log_density(mu, log_std, a), log_f_all[N:], p_back, batch["reward"], end,
             retention, batch["session_reward"], lam=cfg.lam,
             b_f=cfg.forward_offset, b_b=cfg.backward_offset, b_r=cfg.reward_offset, immediate=cfg.immediate,
+            terminal_step=cfg.terminal_step,
         )
         info = {"db_loss": gradient_step(self.opt, loss.mean()), "log_flow": float(log_f_all[:N].detach().mean()),
                 "policy_std": float(log_std.detach().exp().mean()), "p_back": float(p_back.detach().mean())}

@@ -81,6 +81,17 @@ def normalized_cost(day: Tensor, p_within: Tensor, eta: int) -> Tensor:
     return day / torch.clamp((eta + 1) * (1 - p_within), min=1.0)
 
 
+def retention_target(cost: Tensor, end: Tensor, q1_next: Tensor, q2_next: Tensor, gamma: float) -> Tensor:
+    """y_T = end * cost + gamma^end * max(Q'_T1, Q'_T2), all (N,) (end 0/1): the cost is paid at the session's last
+    request, the discount applies once per session (between sessions), and the max is pessimistic for a cost."""
+    return end * cost + torch.where(end > 0, gamma, 1.0) * torch.max(q1_next, q2_next)
+
+
+def immediate_target(reward: Tensor, bonus: Tensor, q_next: Tensor, rnd_weight: float, gamma: float) -> Tensor:
+    """y_I = r + beta * RND bonus + gamma_I * Q'_I(s', a'), all (N,); discounted per request."""
+    return reward + rnd_weight * bonus + gamma * q_next
+
+
 class GroupedGaussianActor(nn.Module):
     """Obs, group (B,) -> mean and log-std (B, 7) of the pre-squash Gaussian, one head per group."""
 
@@ -158,8 +169,8 @@ class RLUR(TorchAgent):
         with torch.no_grad():
             a2, _ = squashed_sample(*self.actor_t(nxt, g2), self.gen)
             qt1, qt2, qi = self.critic_t.q(self.critic_t.enc(nxt), a2, g2)
-            y_t = end * cost + torch.where(end > 0, cfg.retention_gamma, 1.0) * torch.max(qt1, qt2)
-            y_i = batch["reward"] + cfg.rnd_weight * bonus + cfg.immediate_gamma * qi
+            y_t = retention_target(cost, end, qt1, qt2, cfg.retention_gamma)
+            y_i = immediate_target(batch["reward"], bonus, qi, cfg.rnd_weight, cfg.immediate_gamma)
         q_t1, q_t2, q_i = self.critic.q(z, batch["action"], g)
         within = (day <= cfg.eta).float()
         cls = (F.binary_cross_entropy_with_logits(p_logit, within, reduction="none") * end).sum() / end.sum().clamp(min=1)

@@ -99,9 +99,10 @@ class Simulator:
 
     def return_time_range(self, cfg: EnvConfig | str = "kuaisim", users: str = "test") -> tuple[float, float]:
         """(floor, ceiling) of the mean return day over ``users`` that *any* policy can reach under a geometric
-        return model: ``P = bias + personal(u) + kappa * r`` is monotone in the session's mean immediate reward
-        r, which lies in ``[sum of negative weights, sum of positive weights]`` (every shown item with every
-        behaviour, or none). It measures how much leverage a ranking policy has on return time here."""
+        return model: ``P = bias + personal(u) + kappa * r`` is monotone in the session's feedback r (the mean
+        immediate reward, or the mean of ``Σ_b v_b y_b`` with ``returns.feedback_weights`` v), which lies in
+        ``[sum of negative weights, sum of positive weights]`` (every shown item with every behaviour, or none).
+        It measures how much leverage a ranking policy has on return time here."""
         from retentionrl.simulator.returns import truncated_geometric_mean
 
         if isinstance(cfg, str):
@@ -111,7 +112,10 @@ class Simulator:
                                    "(the learned and random_state ones depend on the state the policy shapes)")
         ret = self.make_returns(replace(cfg, max_return_day=cfg.max_return_day or self.max_return_day))
         pool = self.user_pool(users)
-        w = torch.tensor(cfg.reward_weights if cfg.reward_weights is not None else self.reward_weights)
+        w = cfg.returns.feedback_weights  # the weights of the feedback the return law reads
+        if w is None:
+            w = cfg.reward_weights if cfg.reward_weights is not None else self.reward_weights
+        w = torch.tensor(w, dtype=torch.float32)
         days = [float(truncated_geometric_mean(ret.probability(pool, torch.full((len(pool),), float(r))), ret.max_day).mean())
                 for r in (w.clamp(min=0).sum(), w.clamp(max=0).sum())]
         return days[0], days[1]

@@ -54,6 +54,10 @@ class ReturnConfig:
     personal: Literal["fitted", "none", "random_state"] = "fitted"
     personal_scale: float = 1.0
     state_seed: int = 0
+    # Per-behaviour weights of the session feedback the geometric law reads, (_acc_resp @ v) / (n_requests * K);
+    # None: the immediate reward weights (the session's mean immediate reward, KuaiSim's). Set to decouple
+    # retention from the immediate reward (the synthetic retention test: reward = click, feedback = long view).
+    feedback_weights: list[float] | None = None
 
 
 @dataclass
@@ -111,6 +115,10 @@ class RetentionEnv:
         if len(w) != NB:
             raise RetentionRLError(f"reward_weights needs {NB} values ({', '.join(BEHAVIOURS)}), got {len(w)}")
         self.w = torch.tensor(w, dtype=torch.float32)
+        v = cfg.returns.feedback_weights
+        if v is not None and len(v) != NB:
+            raise RetentionRLError(f"returns.feedback_weights needs {NB} values ({', '.join(BEHAVIOURS)}), got {len(v)}")
+        self.v = None if v is None else torch.tensor(v, dtype=torch.float32)
         self.pool = sim.user_pool(cfg.users)
         B = cfg.n_users
         self.leave = sim.make_leave(cfg, B)
@@ -224,7 +232,7 @@ class RetentionEnv:
                 self._state[e], n_req, self._acc_resp[e], n_req * K, self._acc_watch[e], o.session_index[e],
                 o.days_since_last[e],
             )
-            dist = self.returns.distribution(o.user[e], self._acc_reward[e] / n_req, feats)
+            dist = self.returns.distribution(o.user[e], self._feedback(e, n_req), feats)
             d = torch.multinomial(dist, 1, generator=self.gen).squeeze(1) + 1
             return_day[e] = d
             ret_reward[e] = -d.float() / 10.0 if self.cfg.retention_reward == "neg_day_over_10" else 1.0 / d.float()
@@ -243,6 +251,13 @@ class RetentionEnv:
             slate=slate, responses=y, watch_time=watch, reward=reward, session_end=end, return_day=return_day,
             retention_reward=ret_reward, session_reward=session_reward, episode_end=episode_end, next_obs=next_obs, obs=o.clone(), users=users,
         )
+
+    def _feedback(self, rows: Tensor, n_req: Tensor) -> Tensor:
+        """(n,) the session feedback of the ending ``rows`` that the geometric return law reads: the session's mean
+        immediate reward, or with ``returns.feedback_weights`` v the per-exposure mean of ``Σ_b v_b y_b``."""
+        if self.v is None:
+            return self._acc_reward[rows] / n_req
+        return (self._acc_resp[rows] @ self.v) / (n_req * self.K)
 
     def _fusion_scores(self, q: Tensor, action: Tensor, cand: Tensor) -> Tensor:
         """q (B, 7, D), action (B, 7) -> (B, C) scores Σ_b a_b σ(logit_b(i)) of every candidate.

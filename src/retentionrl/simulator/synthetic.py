@@ -34,6 +34,16 @@ geometric return with ``P = 0.4 + 0.1 * r_session`` (``personal`` is all zeros),
 mean immediate reward, so the same ``a*`` also maximises the retention reward. Users start with an empty history
 (``init_pad`` all True). There are no learned leave / return models: the ``learned`` preset raises the bundle's
 usual "this bundle has no learned leave model" error. The simulator saves and loads like a built bundle.
+
+The retention case (:data:`RETENTION_ENV`, env overrides on the same simulator) decouples the two: the
+immediate reward counts clicks only (``reward_weights = e_click``) and the return law reads the session's
+long-view rate f (``returns.feedback_weights = e_long_view``), ``P = 0.1 + 0.8 f``, no personal term, 2-request
+sessions. Ranking by click (``[1, 0, ..., 0]``, clicky items) is then immediate-greedy and brings users back
+after ≈ 4.27 days; ranking by long view (``[0, 1, 0, ..., 0]``, liked items) is retention-optimal in closed form
+— probabilities are state-independent and sessions fixed-length, so the top-K by long-view probability makes
+the session's long-view count stochastically largest, and ``E[d]`` decreases in it — with ≈ 1.53 days
+(:func:`expected_return_day_of_weights` computes both exactly, seed 0, 300 items). A policy must learn from the
+retention signal, through one bootstrapped step inside each session, to find it.
 """
 
 from __future__ import annotations
@@ -200,3 +210,51 @@ def expected_reward_of_weights(sim: Simulator, a: Tensor | Sequence[float], slat
 def best_expected_reward(sim: Simulator, slate_size: int = 6) -> float:
     """Expected immediate reward of the best possible slate (the top ``slate_size`` items by reward)."""
     return float(torch.topk(item_rewards(sim), slate_size).values.mean())
+
+
+# --- the retention case: the immediate-greedy action is not the retention-optimal one -----------------------
+CLICK = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # immediate reward = click; also the click-ranking fusion action
+LONG_VIEW = (0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # return feedback = long view; also the retention-optimal action
+
+#: Env overrides of the retention case (on the kuaisim preset): the immediate reward counts clicks only, the
+#: geometric return law reads the session's long-view rate f, P = 0.1 + 0.8 f (no personal term), sessions of
+#: ``RETENTION_SESSION_LENGTH`` requests. Clicky items (click 0.9, long view 0.05) win the immediate reward,
+#: liked ones (click 0.4, long view 0.6) bring users back: P ≈ 0.14 (E[d] ≈ 4.3) against ≈ 0.69 (E[d] ≈ 1.5).
+RETENTION_SESSION_LENGTH = 2
+RETENTION_ENV: dict = {
+    "reward_weights": list(CLICK),
+    "leave": {"initial_temper": float(RETENTION_SESSION_LENGTH)},
+    "returns": {"personal": "none", "bias": 0.1, "feedback_influence": 0.8, "feedback_weights": list(LONG_VIEW)},
+}
+
+
+def expected_return_day_of_weights(sim: Simulator, a: Tensor | Sequence[float], cfg) -> float:
+    """Exact expected return day of the constant fusion action ``a`` (7,) in env config ``cfg`` (an
+    :class:`~retentionrl.simulator.env.EnvConfig` with the geometric law, no personal term, fixed-length temper
+    sessions, every item a candidate, and a single-behaviour feedback ``v = c * e_b``).
+
+    The slate is the same at every request (state-independent probabilities), so over a session of n requests the
+    count S of behaviour b among the n * K exposures is Poisson-binomial (each slate item n times); the feedback is
+    ``c * S / (n K)`` and ``E[d] = Σ_k Pr(S = k) * TruncGeomMean(clip(bias + kappa * c * k / (n K)))``.
+    """
+    from retentionrl.simulator.returns import EPS, truncated_geometric_mean
+
+    rc, K = cfg.returns, cfg.slate_size
+    v = torch.tensor(rc.feedback_weights if rc.feedback_weights is not None else
+                     (cfg.reward_weights if cfg.reward_weights is not None else sim.reward_weights), dtype=torch.float32)
+    nz = torch.nonzero(v).flatten()
+    if (rc.kind != "geometric" or rc.personal != "none" or cfg.leave.kind != "temper" or cfg.candidates is not None
+            or len(nz) != 1):
+        raise ValueError("expected_return_day_of_weights needs the geometric law without a personal term, temper "
+                         "sessions, all items as candidates and a single-behaviour feedback")
+    n = math.ceil(cfg.leave.initial_temper)
+    a = torch.as_tensor(a, dtype=torch.float32).reshape(NB)
+    p = item_probabilities(sim)
+    top = torch.topk(p @ a, K).indices
+    pmf = torch.ones(1, dtype=torch.float64)  # Pr(S = k), built one exposure at a time
+    for q in p[top, int(nz[0])].double().repeat(n):
+        pmf = torch.cat([pmf * (1 - q), torch.zeros(1, dtype=torch.float64)]) + torch.cat([torch.zeros(1, dtype=torch.float64), pmf * q])
+    f = float(v[nz[0]]) * torch.arange(n * K + 1, dtype=torch.float64) / (n * K)
+    P = (rc.bias + rc.feedback_influence * f).clamp(EPS, 1 - EPS)
+    D = cfg.max_return_day or sim.max_return_day
+    return float((pmf * truncated_geometric_mean(P, D)).sum())
