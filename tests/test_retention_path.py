@@ -369,11 +369,27 @@ def _closed(return_time: float, gap: tuple[float, float]) -> float:
     return (click - return_time) / (click - best)
 
 
+def _far_seed(sim, algo: str, agent_cfg: dict, gap: tuple[float, float], env: dict = RET_ENV) -> int:
+    """The first seed whose *untrained* policy closes < 25% of ``gap``: a random initialisation sometimes starts
+    near the optimum (e.g. TD3 seed 1 at 98%), and a pass must not come from that."""
+    from retentionrl.agents import make_agent
+    from retentionrl.evaluation.protocol import EvalConfig, evaluate_policy
+
+    cfg = EvalConfig(**{**RET_EVAL, "env_overrides": env})
+    for seed in range(10):
+        agent = make_agent(algo, sim, dict(agent_cfg), seed=seed, env=preset("kuaisim", **env))
+        if _closed(evaluate_policy(agent, sim, cfg)["mean"]["return_time"], gap) < 0.25:
+            return seed
+    raise AssertionError(f"{algo}: every seed's untrained policy is near the optimum")
+
+
 @pytest.mark.parametrize("algo", sorted(RETENTION_TRAINED))
 def test_retention_trained_agent_closes_the_gap_to_the_retention_optimum(algo, sim, retention_gap, tmp_path):
-    """Measured (150 steps; this test runs seed 0): TD3, SAC, DDPG close 98-101% of the gap (seeds 0, 3, 5, 7, whose
-    untrained policies close -15 to -8%; seeds 1, 2 start at 98% / 54% by luck, hence the check of the untrained
-    policy), GFN4Retention 95-102% (seeds 0-4, either terminal step; untrained seeds 0-2: -19 to -11%), RLUR 99-102%
+    """Trains from the first seed whose untrained policy is far from the optimum (:func:`_far_seed`): with the
+    3-feature (time-unaware) context that is seed 0 for DDPG, RLUR, SAC, TD3 and seed 2 for GFN4Retention, which
+    then close 98%, 100%, 100%, 97% and 99% of the gap. Earlier measurements (150 steps, with the earlier 4-feature context that still held the episode clock): TD3, SAC, DDPG close
+    98-101% of the gap (seeds 0, 3, 5, 7, whose untrained policies close -15 to -8%; seeds 1, 2 start at 98% / 54%
+    by luck, hence the seed choice), GFN4Retention 95-102% (seeds 0-4, either terminal step; untrained seeds 0-2: -19 to -11%), RLUR 99-102%
     (seeds 0-4; untrained seeds 0-2: -17 to -14%). In their evaluation actions (seed 0) the long-view or like
     weight is the largest (SAC's tanh(mu) is small, ~0.1, but long view leads in seeds 0-2). RLUR with the
     default Polyak rate tau = 0.005 closed 98, 94, -10, 99, 89% (seeds 0-4) yet had not learned: its retention
@@ -381,16 +397,12 @@ def test_retention_trained_agent_closes_the_gap_to_the_retention_optimum(algo, s
     E[d] / (1 - 0.9), up to 15-43, but it was still ~2 after 150-300 updates through the slow target copies, and tanh(mu) had
     moved < 0.2 from its initialisation (the result was the sign pattern of near-zero weights). With tau = 0.05
     its long-view weight reaches 0.49-0.76 in every seed."""
-    from retentionrl.agents import make_agent
-    from retentionrl.evaluation.protocol import EvalConfig, evaluate_policy
-
-    untrained = evaluate_policy(make_agent(algo, sim, dict(RETENTION_TRAINED[algo]), seed=0), sim, EvalConfig(**RET_EVAL))
-    assert _closed(untrained["mean"]["return_time"], retention_gap) < 0.25  # a pass cannot come from the initialisation
-    rt = _train_retention(sim, algo, dict(RETENTION_TRAINED[algo]), tmp_path / algo)
+    seed = _far_seed(sim, algo, RETENTION_TRAINED[algo], retention_gap)
+    rt = _train_retention(sim, algo, dict(RETENTION_TRAINED[algo]), tmp_path / algo, seed=seed)
     closed = _closed(rt, retention_gap)
     assert rt > retention_gap[1] - 0.15  # evaluation noise only: nothing beats the optimum in expectation
     assert closed >= RET_MARGIN, (
-        f"{algo}: mean return day {rt:.3f} closes {closed:.0%} of the gap between click-ranking "
+        f"{algo} (seed {seed}): mean return day {rt:.3f} closes {closed:.0%} of the gap between click-ranking "
         f"({retention_gap[0]:.3f}) and the retention optimum ({retention_gap[1]:.3f}); needs {RET_MARGIN:.0%}")
 
 
@@ -414,8 +426,11 @@ def test_gfn_learns_the_ending_action_only_with_the_terminal_transition(sim, ret
     env = {**RET_ENV, "leave": {"initial_temper": 1.0}, "max_sessions": 4}
     cfg = preset("kuaisim", **env)
     gap = (expected_return_day_of_weights(sim, CLICK, cfg), expected_return_day_of_weights(sim, LONG_VIEW, cfg))
-    closed = {step: _closed(_train_retention(sim, "gfn4retention", {**RETENTION_TRAINED["gfn4retention"], "terminal_step": step},
-                                             tmp_path / step, env=env), gap) for step in ("transition", "state")}
+    closed = {}
+    for step in ("transition", "state"):
+        agent_cfg = {**RETENTION_TRAINED["gfn4retention"], "terminal_step": step}
+        seed = _far_seed(sim, "gfn4retention", agent_cfg, gap, env)
+        closed[step] = _closed(_train_retention(sim, "gfn4retention", agent_cfg, tmp_path / step, env=env, seed=seed), gap)
     assert closed["transition"] >= RET_MARGIN and closed["state"] < 0.25, closed
 
 
