@@ -141,7 +141,7 @@ def test_dqn_learns_the_best_items_of_the_synthetic_simulator(sim, tmp_path, mon
     agent_cfg = {**SMALL, "batch_size": 64, "lr": 3e-3, "immediate_weight": 1.0, "retention_weight": 0.0,
                  "gamma": 0.0, "learning_starts": 320, "eps_decay_steps": steps // 2}
     # The loop's own buffer is never read for this agent (learns = False): keep it minimal.
-    tc = TrainConfig(algo="dqn", seed=0, env={"max_sessions": 2, "action_mode": "items"}, n_users=32,
+    tc = TrainConfig(algo="dqn", seed=0, env={"max_sessions": 2}, n_users=32,
                      total_steps=steps, warmup_steps=10, buffer_size=1, log_every=steps // 4, eval_every=steps,
                      checkpoint_every=steps, eval=ev, agent=agent_cfg)
     summary = train(tc, sim, tmp_path / "dqn", progress=False)

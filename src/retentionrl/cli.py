@@ -114,6 +114,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     raw = merge(base, over)
     config_cls, train = trainer_for(raw.get("algo", "td3"))
     cfg = from_dict(config_cls, raw, args.config or "train config")
+    cfg.validate(args.config or "train config")  # before a bundle is loaded or built, naming the config file
     sim = Simulator.load(args.simulator) if args.simulator else _load_or_build_sample_bundle(DEFAULT_BUNDLE)
     run_dir = args.resume or args.out or f"runs/{cfg.algo}-seed{cfg.seed}"
     summary = train(cfg, sim, run_dir, resume=bool(args.resume), stop_after=args.stop_after)

@@ -139,6 +139,13 @@ class OfflineTrainConfig(RunConfig):
     total_updates: int | None = None  # overrides epochs
     batch_size: int | None = None  # None: the agent's own batch_size
 
+    def validate(self, where: str = "train config") -> None:
+        super().validate(where)
+        from retentionrl.config import check_counts
+
+        check_counts(self, where, ("n_log_users", "log_steps", "epochs"))
+        check_counts(self, where, ("total_updates", "batch_size"), optional=True)
+
 
 def _log_stats(logs: dict[str, Tensor]) -> dict[str, float]:
     """Scalar description of the logged data (for metrics.jsonl)."""
@@ -158,6 +165,7 @@ def train_offline(cfg: OfflineTrainConfig, sim: "Simulator", run_dir: str | Path
 
     # The agent from a freshly seeded global RNG; logging draws from its own streams (fork_rng), so neither
     # depends on the other. Everything is validated before the run directory is written.
+    cfg.validate()
     torch.manual_seed(cfg.seed)
     agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed)
     if not agent.learns:

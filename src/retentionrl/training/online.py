@@ -54,6 +54,36 @@ class RunConfig:
         cfg.validate()
         return cfg
 
+    def validate(self, where: str = "train config") -> None:
+        """Refuse, before anything is written, what would fail mid-run or be silently ignored; messages start
+        with ``where`` (the config file) and the dotted key."""
+        from retentionrl.config import ConfigError, check_counts, from_dict, merge
+        from retentionrl.simulator.env import PRESETS, EnvConfig
+
+        check_counts(self, where, ("log_every", "eval_every", "checkpoint_every"))
+        if self.preset not in PRESETS:
+            raise ConfigError(f"{where}.preset: unknown simulator preset {self.preset!r} (known: {', '.join(PRESETS)})")
+        for key, source in _LOOP_SETS_ENV.items():
+            if key in self.env:
+                raise ConfigError(f"{where}.env.{key}: the training loop sets this itself; {source}")
+        from_dict(EnvConfig, merge(PRESETS[self.preset], self.env), f"{where}.env")
+        try:
+            ev = self.eval_config()
+            if ev.preset not in PRESETS:
+                raise ConfigError(f"eval.preset: unknown simulator preset {ev.preset!r} (known: {', '.join(PRESETS)})")
+            from_dict(EnvConfig, merge(PRESETS[ev.preset], ev.env_overrides), "eval.env_overrides")
+        except RetentionRLError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+
+# Env fields the loops set themselves, and where the value really comes from.
+_LOOP_SETS_ENV = {
+    "n_users": "give the training users as the top-level 'n_users' ('n_log_users' offline), the evaluation users as "
+               "'eval.n_users'",
+    "users": "training draws the bundle's train users, evaluation draws 'eval.users' (default: test)",
+    "action_mode": "the agent decides it (fusion weights or item scores), in training and evaluation alike",
+}
+
 
 @dataclass
 class TrainConfig(RunConfig):
@@ -62,6 +92,13 @@ class TrainConfig(RunConfig):
     warmup_steps: int = 100  # uniform random actions before the agent acts
     updates_per_step: int = 1
     buffer_size: int = 100_000
+
+    def validate(self, where: str = "train config") -> None:
+        super().validate(where)
+        from retentionrl.config import check_counts
+
+        check_counts(self, where, ("n_users", "total_steps", "updates_per_step", "buffer_size"))
+        check_counts(self, where, ("warmup_steps",), minimum=0)
 
 
 class RunDir:
@@ -112,6 +149,7 @@ def train(cfg: TrainConfig, sim, run_dir: str | Path, resume: bool = False, prog
     from retentionrl.agents import make_agent
     from retentionrl.evaluation.protocol import evaluate_policy
 
+    cfg.validate()
     torch.manual_seed(cfg.seed)
     agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed)
     env = sim.make_env(cfg.preset, n_users=cfg.n_users, users="train", action_mode=agent.action_mode,
