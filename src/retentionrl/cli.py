@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -264,18 +265,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "(no message)"
+
+
+def _outside_error(exc: BaseException) -> str | None:
+    """The one-line message for an error that the user's input or machine causes outside our own checks (a
+    file that cannot be read or written, a full disk, text that does not decode), or None for anything else."""
+    if isinstance(exc, OSError):
+        what = exc.strerror or str(exc)
+        files = [str(f) for f in (exc.filename, exc.filename2) if f is not None]
+        return f"{' -> '.join(files)}: {what}" if files else what
+    if isinstance(exc, UnicodeDecodeError):
+        return f"cannot decode text as {exc.encoding} (byte {exc.start}: {exc.reason})"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+    # Only check the types of modules already imported: importing pandas here would slow every command.
+    yaml, pd = sys.modules.get("yaml"), sys.modules.get("pandas")
+    if yaml is not None and isinstance(exc, yaml.YAMLError):
+        return f"not valid YAML: {exc}"
+    if pd is not None and isinstance(exc, (pd.errors.ParserError, pd.errors.EmptyDataError)):
+        return f"cannot parse a table: {exc}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; any error is one line on stderr and exit status 2 (130 when interrupted). Errors that are
+    not the user's (a bug) say "internal error"; RETENTIONRL_DEBUG=1 re-raises them with the traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
     except RetentionRLError as exc:
-        print(f"retentionrl: error: {exc}", file=sys.stderr)
+        print(f"retentionrl: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("retentionrl: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if os.environ.get("RETENTIONRL_DEBUG", "") not in ("", "0"):
+            raise
+        msg = _outside_error(exc)
+        if msg is None:
+            msg = (f"internal error: {type(exc).__name__}: {str(exc)} "
+                   "(run with RETENTIONRL_DEBUG=1 for the traceback, and please report it)")
+        print(f"retentionrl: error: {_one_line(msg)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
