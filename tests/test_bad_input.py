@@ -348,3 +348,18 @@ def test_debug_env_var_shows_the_traceback(monkeypatch):
     monkeypatch.setenv("RETENTIONRL_DEBUG", "1")
     with pytest.raises(ZeroDivisionError):
         main(["data", "stats"])
+
+
+@pytest.mark.parametrize(("argv", "expect"), [
+    (["data", "stats", "--max-day", "0"], "max_day (--max-day) must be an integer >= 1, got 0"),
+    (["simulator", "report", "BUNDLE", "--users", "0"], "--users must be at least 1, got 0"),
+    (["simulator", "report", "BUNDLE", "--preset", "kuaism"], "--preset: unknown simulator preset 'kuaism'"),
+])
+def test_bad_command_line_values(capsys, tmp_path, bundle, argv, expect):
+    """Silently accepted before (a histogram with one '0+' bucket), or a report of no sessions half-written."""
+    out = tmp_path / "report"
+    argv = [bundle if a == "BUNDLE" else a for a in argv] + (["--out", str(out)] if argv[0] == "simulator" else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"retentionrl: error: {expect}") and len(err.splitlines()) == 1, err
+    assert not out.exists()

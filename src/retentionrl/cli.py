@@ -84,7 +84,13 @@ def cmd_simulator_info(args: argparse.Namespace) -> int:
 def cmd_simulator_report(args: argparse.Namespace) -> int:
     from retentionrl.simulator.bundle import Simulator
     from retentionrl.simulator.calibration import calibration_report
+    from retentionrl.simulator.env import PRESETS
 
+    # Checked here, before the report folder is created (0 users would write a report of no sessions).
+    if args.users < 1:
+        raise RetentionRLError(f"--users must be at least 1, got {args.users}")
+    if args.preset not in PRESETS:
+        raise RetentionRLError(f"--preset: unknown simulator preset '{args.preset}' (known: {', '.join(PRESETS)})")
     sim = Simulator.load(args.bundle)
     out = args.out or str(Path(args.bundle) / "report")
     res = calibration_report(sim, out, preset=args.preset, n_users=args.users, seed=args.seed)
