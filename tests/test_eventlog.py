@@ -100,3 +100,12 @@ def test_one_source_column_for_two_targets_is_refused(tmp_path):
     open(spec, "w").write(yaml.safe_dump(data))
     with pytest.raises(DataError, match=r"csv\.yaml: 'columns' maps column 'clicked' to both 'click' and 'long_view'$"):
         load_dataset("eventlog", spec)
+
+
+def test_feature_columns_must_be_a_list(tmp_path):
+    spec = _write(tmp_path, "csv", _events())
+    data = yaml.safe_load(open(spec))
+    data["user_features"]["categorical"] = "country"  # not [country]
+    open(spec, "w").write(yaml.safe_dump(data))
+    with pytest.raises(DataError, match=r"csv\.yaml: 'user_features\.categorical' must be a list of column names, got 'country'$"):
+        load_dataset("eventlog", spec)

@@ -160,6 +160,10 @@ def _features(fspec: Any, base: Path, spec_path: Path, key: str) -> tuple[pd.Dat
     if unknown:
         raise DataError(f"unknown key '{unknown[0]}' in '{key}'", file=spec_path)
     path = base / str(fspec["file"])
+    for k in ("categorical", "numeric"):  # a bare name would be read letter by letter
+        names = fspec.get(k, [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise DataError(f"'{key}.{k}' must be a list of column names, got {names!r}", file=spec_path)
     cat, num = list(fspec.get("categorical", [])), list(fspec.get("numeric", []))
     frame = read_table(path)
     for col in (fspec["key"], *cat, *num):
