@@ -363,3 +363,10 @@ def test_bad_command_line_values(capsys, tmp_path, bundle, argv, expect):
     err = capsys.readouterr().err
     assert err.startswith(f"retentionrl: error: {expect}") and len(err.splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_closed_output_pipe_is_quiet(capsys, monkeypatch):
+    """`retentionrl data stats | head -1`: the reader left; no traceback and no error line (it was a traceback)."""
+    monkeypatch.setattr("retentionrl.cli.cmd_data_stats", _raise(BrokenPipeError(32, "Broken pipe")))
+    assert main(["data", "stats"]) == 141
+    assert capsys.readouterr().err == ""

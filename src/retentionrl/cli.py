@@ -296,8 +296,9 @@ def _outside_error(exc: BaseException) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a command; any error is one line on stderr and exit status 2 (130 when interrupted). Errors that are
-    not the user's (a bug) say "internal error"; RETENTIONRL_DEBUG=1 re-raises them with the traceback."""
+    """Run a command; any error is one line on stderr and exit status 2 (130 when interrupted, 141 quietly when
+    the output pipe is closed). Errors that are not the user's (a bug) say "internal error"; RETENTIONRL_DEBUG=1
+    re-raises them with the traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
@@ -309,6 +310,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("retentionrl: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`... | head`): not an error, and nothing left to say
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second failure at exit's flush
+        except (OSError, ValueError):
+            pass
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by the signal
     except Exception as exc:
         if os.environ.get("RETENTIONRL_DEBUG", "") not in ("", "0"):
             raise
