@@ -43,9 +43,10 @@ def read_table(
     except DataError:
         raise
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:  # a cut-off download, a damaged archive
-        raise DataError(f"cannot parse file: truncated or corrupt compressed data ({_first_line(exc)})", file=path) from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"cannot parse file: not {encoding} text ({exc.reason})", file=path)  # pandas' offset is per chunk from None
+        msg = f"cannot parse file: truncated or corrupt compressed data ({_first_line(exc)})"
+        raise DataError(msg, file=path) from None
+    except UnicodeDecodeError as exc:  # no byte offset: pandas' is relative to a chunk
+        raise DataError(f"cannot parse file: not {encoding} text ({exc.reason})", file=path) from None
     except PermissionError:
         raise DataError("cannot read file: permission denied", file=path) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as exc:
