@@ -333,6 +333,11 @@ def _raise(exc):
     (yaml.YAMLError("mapping values are not allowed here"), "not valid YAML: mapping values are not allowed here"),
     (pd.errors.ParserError("Error tokenizing data.\nC error: Expected 3 fields in line 5, saw 4"),
      "cannot parse a table: Error tokenizing data. C error: Expected 3 fields in line 5, saw 4"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                  "tried to allocate 40000000000000 bytes. Error code 12 (Cannot allocate memory)"),
+     "out of memory (can't allocate memory: you tried to allocate 40000000000000 bytes. Error code 12 (Cannot "
+     "allocate memory)); fewer parallel users or a smaller batch or model needs less"),
+    (MemoryError(), "out of memory (MemoryError); fewer parallel users or a smaller batch or model needs less"),
     (ZeroDivisionError("division by zero"), "internal error: ZeroDivisionError: division by zero (run with "
                                             "RETENTIONRL_DEBUG=1 for the traceback, and please report it)"),
 ])

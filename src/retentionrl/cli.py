@@ -284,6 +284,9 @@ def _outside_error(exc: BaseException) -> str | None:
         return f"{' -> '.join(files)}: {what}" if files else what
     if isinstance(exc, UnicodeDecodeError):
         return f"cannot decode text as {exc.encoding} (byte {exc.start}: {exc.reason})"
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)):
+        detail = str(exc).split("DefaultCPUAllocator: ")[-1]  # torch's text after its C++ location
+        return f"out of memory ({detail or 'MemoryError'}); fewer parallel users or a smaller batch or model needs less"
     if isinstance(exc, json.JSONDecodeError):
         return f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
     # Only check the types of modules already imported: importing pandas here would slow every command.
