@@ -119,7 +119,7 @@ def _read_spec(path: Path) -> dict[str, Any]:
     bad = [k for k in cols if k not in _TARGETS]
     if bad:
         raise DataError(f"unknown canonical column '{bad[0]}' in 'columns' (allowed: {', '.join(_TARGETS)})", file=path)
-    seen: dict[Any, str] = {}
+    seen: dict[str, str] = {}
     for target, src in cols.items():
         if not isinstance(src, str) or not src:
             raise DataError(f"'columns' maps '{target}' to {src!r}: expected a column name", file=path)
