@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
 import yaml
 
 from retentionrl.cli import main
+from retentionrl.data import sample_dir
 
 
 def _run(capsys, *argv) -> str:
@@ -133,3 +136,242 @@ def test_gzip_log_also_checked(capsys, tiny_kuairand):
     path.unlink()
     msg = _run(capsys, "--data-dir", str(tiny_kuairand))
     assert "log_standard_x.csv.gz, column 'user_id', row 1 (line 2)" in msg
+
+
+# --- damaged files: a traceback (EOFError, zlib.error) on the old code ----------------------------------------
+
+def _damage(path, how):
+    data = path.read_bytes()
+    if how == "truncated":  # a cut-off download
+        path.write_bytes(data[: len(data) // 2])
+    else:  # bytes overwritten in the middle of the deflate stream
+        n = len(data) // 3
+        path.write_bytes(data[:n] + bytes(64) + data[n + 64:])
+
+
+@pytest.mark.parametrize("how", ["truncated", "corrupt"])
+def test_damaged_gzip_log_names_the_file(capsys, tiny_kuairand, how):
+    plain = _log(tiny_kuairand)
+    path = tiny_kuairand / "log_standard_tiny.csv.gz"
+    path.write_bytes(gzip.compress(plain.read_bytes()))
+    plain.unlink()
+    _damage(path, how)
+    before = sorted(p.name for p in tiny_kuairand.iterdir())
+    msg = _run(capsys, "--data-dir", str(tiny_kuairand))
+    assert msg.startswith(f"retentionrl: error: {path}: cannot parse file: truncated or corrupt compressed data")
+    assert sorted(p.name for p in tiny_kuairand.iterdir()) == before
+
+
+def test_damaged_gzip_exit_code_in_a_subprocess(tmp_path):
+    """The real exit status and stderr of the installed entry point, not just main()'s return value."""
+    (tmp_path / "log_standard_x.csv.gz").write_bytes(
+        (sample_dir() / "log_standard_4_25_to_5_05_pure_sample.csv.gz").read_bytes()[:20_000])
+    for name in ("user_features_pure.csv.gz", "video_features_basic_pure.csv.gz"):
+        (tmp_path / name).write_bytes((sample_dir() / name).read_bytes())
+    out = subprocess.run([sys.executable, "-m", "retentionrl.cli", "data", "stats", "--data-dir", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [
+        f"retentionrl: error: {tmp_path / 'log_standard_x.csv.gz'}: cannot parse file: truncated or corrupt "
+        "compressed data (Compressed file ended before the end-of-stream marker was reached)"]
+
+
+def _eventlog(tmp_path, log="ev.csv", **columns):
+    pd.DataFrame({"u": [1, 2, 2], "i": [3, 4, 5], "t": [10, 20, 30], "c": [0, 1, 1]}).to_csv(tmp_path / "ev.csv",
+                                                                                          index=False)
+    spec = {"log": log, "columns": {"user_id": "u", "item_id": "i", "timestamp": "t", **columns}}
+    (tmp_path / "map.yaml").write_text(yaml.safe_dump(spec))
+    return str(tmp_path / "map.yaml")
+
+
+@pytest.mark.parametrize("fmt", ["csv.gz", "parquet"])
+def test_damaged_eventlog_file_names_it(capsys, tmp_path, fmt):
+    frame = pd.DataFrame({"u": range(2000), "i": range(2000), "t": range(2000)})
+    path = tmp_path / f"ev.{fmt}"
+    frame.to_parquet(path) if fmt == "parquet" else frame.to_csv(path, index=False)
+    _damage(path, "truncated")
+    msg = _run(capsys, "--dataset", "eventlog", "--data-dir", _eventlog(tmp_path, log=path.name))
+    assert msg.startswith(f"retentionrl: error: {path}: cannot parse file: ")
+
+
+def test_eventlog_not_utf8(capsys, tmp_path):
+    spec = _eventlog(tmp_path)
+    (tmp_path / "ev.csv").write_bytes(b"u,i,t\n1,2,\xff\xfe\n")
+    assert _run(capsys, "--dataset", "eventlog", "--data-dir", spec) == (
+        f"retentionrl: error: {tmp_path / 'ev.csv'}: cannot parse file: not utf-8 text (invalid start byte)")
+    (tmp_path / "map.yaml").write_bytes(b"log: ev.csv\ncolumns: {user_id: \xe9}\n")
+    assert _run(capsys, "--dataset", "eventlog", "--data-dir", spec) == (
+        f"retentionrl: error: {spec}: not UTF-8 text (byte 31: invalid continuation byte)")
+
+
+def test_column_map_one_source_column_twice(capsys, tmp_path):
+    spec = _eventlog(tmp_path, click="c", like="c")
+    assert _run(capsys, "--dataset", "eventlog", "--data-dir", spec) == (
+        f"retentionrl: error: {spec}: 'columns' maps column 'c' to both 'click' and 'like'")
+
+
+def test_ml100k_unreadable_file(capsys, tmp_path, monkeypatch):
+    """Permission denied (root reads anything, so the refusal is simulated at the open() call)."""
+    (tmp_path / "u.data").write_text("1\t2\t3\t881250949\n")
+    (tmp_path / "u.user").write_text("1|24|M|technician|85711\n")
+    (tmp_path / "u.item").write_text("2|Toy|01-Jan-1995||url" + "|0" * 19 + "\n")
+    real_open = open
+
+    def deny(path, *a, **k):
+        if str(path).endswith("u.user"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr("builtins.open", deny)
+    msg = _run(capsys, "--dataset", "ml-100k", "--data-dir", str(tmp_path))
+    assert msg == f"retentionrl: error: {tmp_path / 'u.user'}: cannot read file: permission denied"
+
+
+# --- train configs: a traceback or a half-written run directory on the old code -------------------------------
+
+@pytest.fixture(scope="module")
+def bundle(tiny_sim, tmp_path_factory):
+    return str(tiny_sim.save(tmp_path_factory.mktemp("bad") / "bundle"))
+
+
+def _train(capsys, tmp_path, bundle, text: str) -> str:
+    cfg, run = tmp_path / "c.yaml", tmp_path / "run"
+    cfg.write_text(text)
+    code = main(["train", "--config", str(cfg), "--simulator", bundle, "--out", str(run)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not run.exists()  # nothing written
+    prefix = f"retentionrl: error: {cfg}"
+    assert err.startswith(prefix), err
+    return err.strip()[len(prefix):]
+
+
+@pytest.mark.parametrize(("text", "expect"), [
+    ("env: {n_users: 4}", ".env.n_users: the training loop sets this itself; give the training users as the "
+                          "top-level 'n_users'"),
+    ("env: {users: all}", ".env.users: the training loop sets this itself; training draws the bundle's train users"),
+    ("env: {action_mode: items}", ".env.action_mode: the training loop sets this itself; the agent decides it"),
+    ("env: {returns: learned}", ".env.returns: expected a mapping, got 'learned'"),
+    ("env: {leave: [temper]}", ".env.leave: expected a mapping, got ['temper']"),
+    ("env: {slate_size: x}", ".env.slate_size: expected an integer, got 'x'"),
+    ("log_every: 0", ".log_every: must be an integer >= 1, got 0"),
+    ("eval_every: 0", ".eval_every: must be an integer >= 1, got 0"),
+    ("checkpoint_every: 0", ".checkpoint_every: must be an integer >= 1, got 0"),
+    ("n_users: 0", ".n_users: must be an integer >= 1, got 0"),
+    ("total_steps: -1", ".total_steps: must be an integer >= 1, got -1"),
+    ("warmup_steps: -1", ".warmup_steps: must be an integer >= 0, got -1"),
+    ("eval: {preset: kuaism}", ": eval.preset: unknown simulator preset 'kuaism' (known: kuaisim, learned)"),
+    ("eval: {env_overrides: {returns: 3}}", ": eval.env_overrides.returns: expected a mapping, got 3"),
+    ("algo: bc\nepochs: 0", ".epochs: must be an integer >= 1, got 0"),
+    ("algo: bc\nn_log_users: 0", ".n_log_users: must be an integer >= 1, got 0"),
+    ("algo: bc\nenv: {n_users: 8}", ".env.n_users: the training loop sets this itself"),
+])
+def test_bad_train_config_names_file_and_key(capsys, tmp_path, bundle, text, expect):
+    steps = "" if text.startswith("algo: bc") else "total_steps: 3\n"
+    assert _train(capsys, tmp_path, bundle, f"{steps}{text}\n").startswith(expect)
+
+
+def test_train_config_not_utf8(capsys, tmp_path, bundle):
+    (tmp_path / "c.yaml").write_bytes(b"algo: td3\n# \xff\n")
+    code = main(["train", "--config", str(tmp_path / "c.yaml"), "--simulator", bundle, "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert capsys.readouterr().err == f"retentionrl: error: {tmp_path / 'c.yaml'}: not UTF-8 text (byte 12: invalid start byte)\n"
+
+
+def test_train_function_validates_too(tiny_sim, tmp_path):
+    """Called from Python, not the CLI: the same checks, before the run directory is written."""
+    from retentionrl.config import ConfigError
+    from retentionrl.training.offline import OfflineTrainConfig, train_offline
+    from retentionrl.training.online import TrainConfig, train
+
+    with pytest.raises(ConfigError, match=r"^train config\.log_every: must be an integer >= 1, got 0$"):
+        train(TrainConfig(total_steps=3, log_every=0), tiny_sim, tmp_path / "a")
+    with pytest.raises(ConfigError, match=r"^train config\.batch_size: must be an integer >= 1, got 0$"):
+        train_offline(OfflineTrainConfig(batch_size=0), tiny_sim, tmp_path / "b")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_scalar_where_a_section_is_expected():
+    from retentionrl.config import ConfigError, from_dict
+    from retentionrl.simulator.build import BuildConfig
+    from retentionrl.simulator.env import EnvConfig
+
+    with pytest.raises(ConfigError, match=r"^build\.yaml\.response: expected a mapping, got 16$"):
+        from_dict(BuildConfig, {"response": 16}, "build.yaml")
+    with pytest.raises(ConfigError, match=r"^x\.leave: expected a mapping, got 'satisfaction'$"):
+        from_dict(EnvConfig, {"leave": "satisfaction"}, "x")
+    with pytest.raises(ConfigError, match=r"^x: expected a mapping, got \[1\]$"):
+        from_dict(EnvConfig, [1], "x")  # type: ignore[arg-type]
+    assert from_dict(EnvConfig, {"leave": None}, "x").leave.initial_temper == 5.0  # an empty section: defaults
+
+
+# --- main(): what user input or the machine raises outside our own checks ------------------------------------
+
+def test_out_path_under_a_file(capsys, tmp_path, bundle):
+    (tmp_path / "file").write_text("")
+    code = main(["train", "--algo", "random", "--simulator", bundle, "--out", str(tmp_path / "file" / "run")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err == f"retentionrl: error: {tmp_path / 'file' / 'run'}: Not a directory\n"
+
+
+def _raise(exc):
+    def cmd(_args):
+        raise exc
+    return cmd
+
+
+@pytest.mark.parametrize(("exc", "expect"), [
+    (PermissionError(13, "Permission denied", "/runs/a/metrics.jsonl"), "/runs/a/metrics.jsonl: Permission denied"),
+    (OSError(28, "No space left on device", "/runs/a/checkpoints/last.pt"),
+     "/runs/a/checkpoints/last.pt: No space left on device"),
+    (IsADirectoryError(21, "Is a directory", "/runs/a"), "/runs/a: Is a directory"),
+    (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
+     "cannot decode text as utf-8 (byte 0: invalid start byte)"),
+    (__import__("json").JSONDecodeError("Expecting value", "x\n{", 2), "not valid JSON: Expecting value (line 2, column 1)"),
+    (yaml.YAMLError("mapping values are not allowed here"), "not valid YAML: mapping values are not allowed here"),
+    (pd.errors.ParserError("Error tokenizing data.\nC error: Expected 3 fields in line 5, saw 4"),
+     "cannot parse a table: Error tokenizing data. C error: Expected 3 fields in line 5, saw 4"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                  "tried to allocate 40000000000000 bytes. Error code 12 (Cannot allocate memory)"),
+     "out of memory (can't allocate memory: you tried to allocate 40000000000000 bytes. Error code 12 (Cannot "
+     "allocate memory)); fewer parallel users or a smaller batch or model needs less"),
+    (MemoryError(), "out of memory (MemoryError); fewer parallel users or a smaller batch or model needs less"),
+    (ZeroDivisionError("division by zero"), "internal error: ZeroDivisionError: division by zero (run with "
+                                            "RETENTIONRL_DEBUG=1 for the traceback, and please report it)"),
+])
+def test_main_turns_outside_errors_into_one_line(capsys, monkeypatch, exc, expect):
+    monkeypatch.setattr("retentionrl.cli.cmd_data_stats", _raise(exc))
+    monkeypatch.delenv("RETENTIONRL_DEBUG", raising=False)
+    assert main(["data", "stats"]) == 2
+    assert capsys.readouterr().err == f"retentionrl: error: {expect}\n"
+
+
+def test_debug_env_var_shows_the_traceback(monkeypatch):
+    monkeypatch.setattr("retentionrl.cli.cmd_data_stats", _raise(ZeroDivisionError("division by zero")))
+    monkeypatch.setenv("RETENTIONRL_DEBUG", "1")
+    with pytest.raises(ZeroDivisionError):
+        main(["data", "stats"])
+
+
+@pytest.mark.parametrize(("argv", "expect"), [
+    (["data", "stats", "--max-day", "0"], "max_day (--max-day) must be an integer >= 1, got 0"),
+    (["simulator", "report", "BUNDLE", "--users", "0"], "--users must be at least 1, got 0"),
+    (["simulator", "report", "BUNDLE", "--preset", "kuaism"], "--preset: unknown simulator preset 'kuaism'"),
+])
+def test_bad_command_line_values(capsys, tmp_path, bundle, argv, expect):
+    """Silently accepted before (a histogram with one '0+' bucket), or a report of no sessions half-written."""
+    out = tmp_path / "report"
+    argv = [bundle if a == "BUNDLE" else a for a in argv] + (["--out", str(out)] if argv[0] == "simulator" else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"retentionrl: error: {expect}") and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_closed_output_pipe_is_quiet(capsys, monkeypatch):
+    """`retentionrl data stats | head -1`: the reader left; no traceback and no error line (it was a traceback)."""
+    monkeypatch.setattr("retentionrl.cli.cmd_data_stats", _raise(BrokenPipeError(32, "Broken pipe")))
+    assert main(["data", "stats"]) == 141
+    assert capsys.readouterr().err == ""

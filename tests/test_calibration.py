@@ -11,7 +11,9 @@ import torch
 from retentionrl.errors import RetentionRLError
 from retentionrl.simulator.calibration import (
     LoggedLikePolicy,
+    SimulatedSessions,
     calibration_report,
+    compare,
     censor_mask,
     histogram,
     item_popularity,
@@ -48,18 +50,55 @@ def test_report_files_and_markdown(report, tiny_sim):
 
 def test_report_numbers(report, tiny_sim):
     _, res = report
-    for key in ("tv_return_day", "tv_return_day_censored", "tv_session_length"):
-        assert 0.0 <= res[key] <= 1.0, key
     c = res["comparison"]
+    real = tiny_sim.meta["real"]
     D = tiny_sim.max_return_day
     assert c["n_sessions"] > 0 and c["n_unfinished"] == 0
-    assert len(c["return_day"]["sim"]) == len(c["return_day"]["real"]) == D
-    assert sum(c["return_day"]["sim"]) == c["n_sessions"]
-    assert sum(c["return_day"]["sim_censored"]) <= c["n_sessions"]
-    assert sum(c["session_length"]["sim"]) == c["n_sessions"]
-    for b, v in c["behaviour_rates"].items():
-        assert 0.0 <= v["sim"] <= 1.0
-        assert v["abs_diff"] == pytest.approx(abs(v["sim"] - v["real"]))
+    # The real side is the bundle's logs, untouched; the simulated side counts every admitted session once.
+    assert c["return_day"]["real"] == real["return_day_hist"] and len(c["return_day"]["sim"]) == D
+    assert c["session_length"]["real"] == real["session_length_hist"]
+    assert {b: v["real"] for b, v in c["behaviour_rates"].items()} == real["behaviour_rates"]
+    assert sum(c["return_day"]["sim"]) == sum(c["session_length"]["sim"]) == c["n_sessions"]
+    assert sum(c["return_day"]["sim_censored"]) < c["n_sessions"]  # the logs' short windows hide some returns
+    assert res["tv_return_day"] == c["tv_return_day"] and res["tv_session_length"] == c["tv_session_length"]
+
+
+def _sessions(requests, days, behaviour_sums, slate_size=1, max_day=3):
+    req = torch.tensor(requests)
+    return SimulatedSessions(session_requests=req, session_exposures=req * slate_size,
+                             return_days=torch.tensor(days), behaviour_sums=torch.tensor(behaviour_sums, dtype=torch.float),
+                             n_exposures=int(req.sum()) * slate_size, n_unfinished=0, n_steps_run=4,
+                             slate_size=slate_size, max_return_day=max_day)
+
+
+def test_compare_by_hand():
+    """Hand-made real logs and simulated sessions: every TV distance, mean and rate computed on paper."""
+    real = {"return_day_hist": [6, 3, 1], "session_length_hist": [1, 1, 0, 2], "observed_days_hist": [0, 0, 0, 5],
+            "behaviour_rates": {"click": 0.5, "like": 0.1}, "mean_session_length": 3.0, "mean_return_day": 1.7}
+    sim = SimpleNamespace(meta={"real": real})
+    # 4 sessions of 1, 2, 2, 4 requests (9 exposures) returning on days 1, 1, 2, 3; 3 clicks, 0 likes.
+    stats = _sessions([1, 2, 2, 4], [1, 1, 2, 3], [3, 0, 0, 0, 0, 0, 0])
+    c = compare(sim, stats)
+    # Return day: sim (.5, .25, .25) vs real (.6, .3, .1): TV = (.1 + .05 + .15) / 2.
+    assert c["return_day"]["sim"] == [2, 1, 1] and c["tv_return_day"] == pytest.approx(0.15)
+    # Every window is 3 days >= D: nothing is censored.
+    assert c["return_day"]["sim_censored"] == [2, 1, 1] and c["tv_return_day_censored"] == pytest.approx(0.15)
+    # Session length in bins 1..4: sim (.25, .5, 0, .25) vs real (.25, .25, 0, .5): TV = (.25 + .25) / 2.
+    assert c["session_length"]["sim"] == [1, 2, 0, 1] and c["tv_session_length"] == pytest.approx(0.25)
+    assert c["mean_return_day"]["sim"] == pytest.approx(7 / 4) and c["mean_return_day"]["real"] == pytest.approx(1.5)
+    assert c["mean_session_length"]["sim"] == pytest.approx(9 / 4)
+    rates = c["behaviour_rates"]
+    assert rates["click"] == {"real": 0.5, "sim": pytest.approx(1 / 3), "abs_diff": pytest.approx(1 / 6)}
+    assert rates["like"]["abs_diff"] == pytest.approx(0.1)
+    assert rates["hate"] == {"real": None, "sim": 0.0, "abs_diff": None}  # not in the logs: no difference
+    # Windows of 1 day: only day-1 returns are observable: (1, 0, 0) vs (.6, .3, .1) -> TV = (.4 + .3 + .1) / 2.
+    real["observed_days_hist"] = [0, 7]
+    c = compare(sim, stats)
+    assert c["return_day"]["sim_censored"] == [2, 0, 0] and c["tv_return_day_censored"] == pytest.approx(0.4)
+    assert c["return_day"]["observed_share_sim"] == 0.5
+    # Slates of 2: a session of r requests is 2r exposures (bins 2, 4, 4, >=4).
+    c = compare(sim, _sessions([1, 2, 2, 4], [1, 1, 2, 3], [3, 0, 0, 0, 0, 0, 0], slate_size=2))
+    assert c["session_length"]["sim"] == [0, 1, 0, 3] and c["tv_session_length"] == pytest.approx(0.25)
 
 
 def test_kuaisim_preset_fixed_sessions(tiny_sim, tmp_path):
@@ -67,8 +106,14 @@ def test_kuaisim_preset_fixed_sessions(tiny_sim, tmp_path):
     s = simulate_logged_like(tiny_sim, "kuaisim", n_users=16, n_steps=6, seed=3, slate_size=2)
     assert len(s.session_requests) > 0
     assert (s.session_requests == 5).all() and (s.session_exposures == 10).all()
-    assert ((s.return_days >= 1) & (s.return_days <= tiny_sim.max_return_day)).all()
     assert s.n_exposures == 2 * int(s.session_requests.sum())
+    # Return days drawn from the preset's law: with P = 0.4 for everyone, a geometric truncated to 1..D.
+    s = simulate_logged_like(tiny_sim, "kuaisim", n_users=256, n_steps=6, seed=3, slate_size=2,
+                             returns={"personal": "none", "feedback_influence": 0.0})
+    p, q, D = 0.4, 0.6, tiny_sim.max_return_day
+    assert len(s.return_days) == 512  # sessions starting at steps 0 and 5
+    mean_day = sum(d * p * q ** (d - 1) for d in range(1, D + 1)) / (1 - q**D)
+    assert float(s.return_days.float().mean()) == pytest.approx(mean_day, abs=0.3)  # standard error 0.08
 
 
 def test_logged_like_is_deterministic(tiny_sim):

@@ -6,16 +6,33 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from retentionrl.cli import main
 
 
 def test_stats_json_on_sample(capsys):
+    """The statistics against the same numbers computed straight from the shipped CSV with pandas."""
+    import pandas as pd
+
+    from retentionrl.data import sample_dir
+
     assert main(["data", "stats", "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
-    assert s["users"] == 6000 and s["source"]["sample"] is True
-    assert abs(sum(s["return_day_histogram"].values()) - 1) < 1e-9
-    assert s["sessions"] == s["observed_returns"] + s["censored_sessions"]
-    assert set(s["behaviour_rates"]) == {"click", "long_view", "like", "comment", "forward", "follow", "hate"}
+    raw = pd.read_csv(next(sample_dir().glob("log_standard_*.csv.gz")))
+    log = raw.drop_duplicates()
+    assert s["source"]["sample"] is True and s["source"]["duplicates_removed"] == len(raw) - len(log) > 0
+    assert (s["users"], s["items"], s["interactions"]) == (log.user_id.nunique(), log.video_id.nunique(), len(log))
+    assert s["behaviour_rates"]["click"] == pytest.approx(log.is_click.mean())
+    assert s["behaviour_rates"]["hate"] == pytest.approx(log.is_hate.mean())
+    # User-day sessions; each user's last one has no observed return; gaps in calendar days.
+    days = log[["user_id", "date"]].drop_duplicates().sort_values(["user_id", "date"])
+    dates = pd.to_datetime(days.date.astype(str), format="%Y%m%d")
+    gaps = dates.groupby(days.user_id).diff().dt.days.dropna()
+    assert (s["sessions"], s["censored_sessions"], s["observed_returns"]) == (len(days), log.user_id.nunique(), len(gaps))
+    assert s["return_day_histogram"]["1"] == pytest.approx((gaps == 1).mean())
+    assert s["return_day_histogram"]["10+"] == pytest.approx((gaps >= 10).mean())
+    assert s["mean_session_length"] == pytest.approx(len(log) / len(days))
 
 
 def test_stats_json_on_shared_slice(capsys, shared_data):

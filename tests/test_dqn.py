@@ -78,7 +78,7 @@ def _run(agent: DQN, env, obs, steps: int) -> tuple[object, list]:
     return obs, trace
 
 
-def test_updates_learn_from_the_shown_slates_with_finite_losses(sim):
+def test_updates_learn_from_the_shown_slates(sim):
     cfg = {**SMALL, "gamma": 0.9, "learning_starts": 16, "updates_per_step": 2, "target_candidates": 20,
            "immediate_weight": 1.0, "terminal": "session"}
     agent = build(sim, cfg, seed=0)
@@ -88,15 +88,18 @@ def test_updates_learn_from_the_shown_slates_with_finite_losses(sim):
     assert trace[0][1] == {}  # 8 transitions stored: below learning_starts, no update yet
     info = trace[-1][1]
     assert agent.n_updates == 2 * 3  # steps 2..4, two updates each
-    assert {"loss", "q", "target", "epsilon"} <= set(info)
-    assert all(torch.isfinite(torch.tensor(v)) for v in info.values())
+    assert {"loss", "q", "target", "epsilon"} <= set(info) and info["epsilon"] == agent.epsilon()
     buf = agent.buffer
     assert buf is not None and len(buf) == 32
     assert buf.data["action"].dtype == torch.long and buf.data["action"].shape[1:] == (6,)
     assert ((buf.data["action"] >= 0) & (buf.data["action"] < sim.n_items)).all()
     assert any(not torch.equal(a, b) for a, b in zip(target_before, agent.q_t.parameters()))  # soft update ran
-    # A direct update on an internal batch also gives a finite loss.
-    assert torch.isfinite(torch.tensor(agent.update(buf.sample(16))["loss"]))
+    # Gradient steps on one fixed batch fit it (the target net barely moves at tau 0.005): the TD loss falls.
+    batch = buf.sample(16)
+    first = agent.update(batch)["loss"]
+    for _ in range(50):
+        last = agent.update(batch)["loss"]
+    assert last < 0.5 * first, (first, last)
     # A fusion action (the env in fusion mode) is refused with a hint.
     with pytest.raises(RetentionRLError, match="action_mode: items"):
         agent.observe(obs, torch.zeros(8, 7), env.step(agent.act(obs)))
@@ -141,7 +144,7 @@ def test_dqn_learns_the_best_items_of_the_synthetic_simulator(sim, tmp_path, mon
     agent_cfg = {**SMALL, "batch_size": 64, "lr": 3e-3, "immediate_weight": 1.0, "retention_weight": 0.0,
                  "gamma": 0.0, "learning_starts": 320, "eps_decay_steps": steps // 2}
     # The loop's own buffer is never read for this agent (learns = False): keep it minimal.
-    tc = TrainConfig(algo="dqn", seed=0, env={"max_sessions": 2, "action_mode": "items"}, n_users=32,
+    tc = TrainConfig(algo="dqn", seed=0, env={"max_sessions": 2}, n_users=32,
                      total_steps=steps, warmup_steps=10, buffer_size=1, log_every=steps // 4, eval_every=steps,
                      checkpoint_every=steps, eval=ev, agent=agent_cfg)
     summary = train(tc, sim, tmp_path / "dqn", progress=False)

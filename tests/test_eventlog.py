@@ -84,8 +84,28 @@ def test_unknown_key_in_column_map_is_an_error(tmp_path):
 
 
 def test_iso_timestamps(tmp_path):
+    """ISO-8601 text gives the same seconds (and calendar days) as the epoch milliseconds it was written from."""
     events = _events(20)
+    ms = load_dataset("eventlog", _write(tmp_path, "csv", events))
     events["ts_ms"] = pd.to_datetime(events["ts_ms"], unit="ms", utc=True).dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    spec = _write(tmp_path, "csv", events, timestamp_unit="iso")
-    d = load_dataset("eventlog", spec)
-    assert d.log["timestamp"].min() > 1.6e9
+    d = load_dataset("eventlog", _write(tmp_path, "csv", events, timestamp_unit="iso"))
+    assert np.allclose(d.log["timestamp"], ms.log["timestamp"], rtol=0, atol=1e-6)
+    assert d.log["day"].tolist() == ms.log["day"].tolist()
+
+
+def test_one_source_column_for_two_targets_is_refused(tmp_path):
+    spec = _write(tmp_path, "csv", _events())
+    data = yaml.safe_load(open(spec))
+    data["columns"]["long_view"] = "clicked"  # already mapped to click
+    open(spec, "w").write(yaml.safe_dump(data))
+    with pytest.raises(DataError, match=r"csv\.yaml: 'columns' maps column 'clicked' to both 'click' and 'long_view'$"):
+        load_dataset("eventlog", spec)
+
+
+def test_feature_columns_must_be_a_list(tmp_path):
+    spec = _write(tmp_path, "csv", _events())
+    data = yaml.safe_load(open(spec))
+    data["user_features"]["categorical"] = "country"  # not [country]
+    open(spec, "w").write(yaml.safe_dump(data))
+    with pytest.raises(DataError, match=r"csv\.yaml: 'user_features\.categorical' must be a list of column names, got 'country'$"):
+        load_dataset("eventlog", spec)

@@ -60,13 +60,20 @@ def test_retention_metrics_by_hand():
 
 
 def test_metrics_on_simulator(tiny_sim):
-    env = tiny_sim.make_env("kuaisim", n_users=16, max_sessions=2)
-    m = RetentionMetrics(16, tiny_sim.item_tag, tiny_sim.item_author, BEHAVIOURS)
+    """A return law with a closed form: P = bias = 0.4 for everyone (no personal term, no feedback), so the return
+    day is a geometric truncated to 1..D and ``return_time`` / ``retention`` have known values."""
+    B = 256
+    env = tiny_sim.make_env("kuaisim", n_users=B, max_sessions=2,
+                            returns={"personal": "none", "feedback_influence": 0.0})
+    m = RetentionMetrics(B, tiny_sim.item_tag, tiny_sim.item_author, BEHAVIOURS)
     env.reset(seed=0)
     for _ in range(20):
-        m.update(env.step(torch.ones(16, 7)))
+        m.update(env.step(torch.ones(B, 7)))
     r = m.result()
-    assert r["sessions"] == 16 * 4 and r["episodes"] == 16 * 2
+    assert r["sessions"] == B * 4 and r["episodes"] == B * 2
     assert r["session_length"] == 5.0
-    assert 1 <= r["return_time"] <= 10 and 0 <= r["retention"] <= 1
+    p, q, D = 0.4, 0.6, env.cfg.max_return_day
+    mean_day = sum(d * p * q ** (d - 1) for d in range(1, D + 1)) / (1 - q**D)  # 2.42 for D = 10
+    assert r["return_time"] == pytest.approx(mean_day, abs=0.25)  # 1,024 sessions: standard error 0.06
+    assert r["retention"] == pytest.approx(p / (1 - q**D), abs=0.06)  # standard error 0.015
     assert r["total_return_gap"] == pytest.approx(2 * r["return_time"])

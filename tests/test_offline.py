@@ -133,11 +133,18 @@ def _records(run):
 
 
 def test_offline_run_directory_and_resume_matches_uninterrupted(tiny_sim, tmp_path):
+    from retentionrl.training import load_trained
+
     full = tmp_path / "full"
     summary = train_offline(_cfg(), tiny_sim, full, progress=False)
     assert sorted(p.name for p in full.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl", "summary.json"]
     assert (full / "checkpoints" / "last.pt").is_file()
-    assert summary["updates"] == 30 and summary["log_rows"] == 48 and summary["eval"]["return_time"] is not None
+    assert summary["updates"] == 30 and summary["log_rows"] == 48
+    # The summary's evaluation is the last eval record, and the saved final policy scores it again exactly.
+    last = [r for r in _records(full) if r["event"] == "eval"][-1]
+    assert last["step"] == 30 and summary["eval"] == {k: v for k, v in last.items() if k not in ("step", "event", "time")}
+    _, agent = load_trained(str(full), tiny_sim)
+    assert evaluate_policy(agent, tiny_sim, _cfg().eval_config())["mean"] == summary["eval"]
     events = [r["event"] for r in _records(full)]
     assert events[0] == "logs" and events.count("eval") == 2 and events.count("train") == 6
 

@@ -27,10 +27,17 @@ def _records(run):
 
 
 def test_run_directory_and_resume_matches_uninterrupted(tiny_sim, tmp_path):
+    from retentionrl.evaluation.protocol import evaluate_policy
+    from retentionrl.training import load_trained
+
     full = tmp_path / "full"
     summary = train(_cfg(), tiny_sim, full, progress=False)
     assert sorted(p.name for p in full.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl", "summary.json"]
-    assert summary["eval"]["return_time"] is not None
+    # The summary's evaluation is the last eval record, and the saved final policy scores it again exactly.
+    last = [r for r in _records(full) if r["event"] == "eval"][-1]
+    assert last["step"] == 40 and summary["eval"] == {k: v for k, v in last.items() if k not in ("step", "event", "time")}
+    _, agent = load_trained(str(full), tiny_sim)
+    assert evaluate_policy(agent, tiny_sim, _cfg().eval_config())["mean"] == summary["eval"]
     assert str(tmp_path) not in (full / "config.yaml").read_text() + (full / "summary.json").read_text()
 
     part = tmp_path / "part"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -84,7 +85,13 @@ def cmd_simulator_info(args: argparse.Namespace) -> int:
 def cmd_simulator_report(args: argparse.Namespace) -> int:
     from retentionrl.simulator.bundle import Simulator
     from retentionrl.simulator.calibration import calibration_report
+    from retentionrl.simulator.env import PRESETS
 
+    # Checked here, before the report folder is created (0 users would write a report of no sessions).
+    if args.users < 1:
+        raise RetentionRLError(f"--users must be at least 1, got {args.users}")
+    if args.preset not in PRESETS:
+        raise RetentionRLError(f"--preset: unknown simulator preset '{args.preset}' (known: {', '.join(PRESETS)})")
     sim = Simulator.load(args.bundle)
     out = args.out or str(Path(args.bundle) / "report")
     res = calibration_report(sim, out, preset=args.preset, n_users=args.users, seed=args.seed)
@@ -132,6 +139,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         sim = None
     config_cls, train = trainer_for(raw.get("algo", "td3"))
     cfg = from_dict(config_cls, raw, where)
+    cfg.validate(where)  # before a bundle is loaded or built, naming the config file
     if sim is None and record is not None and not args.simulator:
         # A copied run config starts on the bundle it records (checked by fingerprint), not on the default one.
         sim = load_recorded(record, Path(args.config).parent, args.config)
@@ -300,18 +308,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "(no message)"
+
+
+def _outside_error(exc: BaseException) -> str | None:
+    """The one-line message for an error that the user's input or machine causes outside our own checks (a
+    file that cannot be read or written, a full disk, text that does not decode), or None for anything else."""
+    if isinstance(exc, OSError):
+        what = exc.strerror or str(exc)
+        files = [str(f) for f in (exc.filename, exc.filename2) if f is not None]
+        return f"{' -> '.join(files)}: {what}" if files else what
+    if isinstance(exc, UnicodeDecodeError):
+        return f"cannot decode text as {exc.encoding} (byte {exc.start}: {exc.reason})"
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)):
+        detail = str(exc).split("DefaultCPUAllocator: ")[-1]  # torch's text after its C++ location
+        return f"out of memory ({detail or 'MemoryError'}); fewer parallel users or a smaller batch or model needs less"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+    # Only check the types of modules already imported: importing pandas here would slow every command.
+    yaml, pd = sys.modules.get("yaml"), sys.modules.get("pandas")
+    if yaml is not None and isinstance(exc, yaml.YAMLError):
+        return f"not valid YAML: {exc}"
+    if pd is not None and isinstance(exc, (pd.errors.ParserError, pd.errors.EmptyDataError)):
+        return f"cannot parse a table: {exc}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; any error is one line on stderr and exit status 2 (130 when interrupted, 141 quietly when
+    the output pipe is closed). Errors that are not the user's (a bug) say "internal error"; RETENTIONRL_DEBUG=1
+    re-raises them with the traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
     except RetentionRLError as exc:
-        print(f"retentionrl: error: {exc}", file=sys.stderr)
+        print(f"retentionrl: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("retentionrl: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`... | head`): not an error, and nothing left to say
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second failure at exit's flush
+        except (OSError, ValueError):
+            pass
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by the signal
+    except Exception as exc:
+        if os.environ.get("RETENTIONRL_DEBUG", "") not in ("", "0"):
+            raise
+        msg = _outside_error(exc)
+        if msg is None:
+            msg = (f"internal error: {type(exc).__name__}: {str(exc)} "
+                   "(run with RETENTIONRL_DEBUG=1 for the traceback, and please report it)")
+        print(f"retentionrl: error: {_one_line(msg)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ class ConfigError(RetentionRLError):
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
     """Build dataclass ``cls`` from ``data``; nested dataclass fields take nested mappings."""
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
     data = dict(data or {})
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -32,12 +32,23 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") 
     kwargs = {}
     for name, value in data.items():
         ftype = hints[name]
-        if dataclasses.is_dataclass(ftype) and isinstance(value, dict):
+        if dataclasses.is_dataclass(ftype):  # a section: a scalar or list here would only fail much later
             value = from_dict(ftype, value, f"{where}.{name}")
         else:
             value = _check_type(value, ftype, f"{where}.{name}")
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def check_counts(obj: Any, where: str, names: tuple[str, ...], minimum: int = 1, optional: bool = False) -> None:
+    """Raise naming ``where.<name>`` unless each field is an integer >= ``minimum`` (or None when ``optional``):
+    a zero ``log_every`` would otherwise be a ZeroDivisionError after the run directory is written."""
+    for name in names:
+        v = getattr(obj, name)
+        if optional and v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise ConfigError(f"{where}.{name}: must be an integer >= {minimum}, got {v!r}")
 
 
 def _check_type(value: Any, ftype: Any, where: str) -> Any:
@@ -108,6 +119,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config: {exc.strerror or exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a YAML mapping")
     return data

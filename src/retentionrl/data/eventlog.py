@@ -101,6 +101,10 @@ def _read_spec(path: Path) -> dict[str, Any]:
         spec = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise DataError(f"not valid YAML: {str(exc).splitlines()[0]}", file=path) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text (byte {exc.start}: {exc.reason})", file=path) from None
+    except OSError as exc:
+        raise DataError(f"cannot read the column map: {exc.strerror or exc}", file=path) from None
     if not isinstance(spec, dict):
         raise DataError("a column map must be a YAML mapping", file=path)
     unknown = sorted(set(spec) - _TOP_KEYS)
@@ -115,6 +119,13 @@ def _read_spec(path: Path) -> dict[str, Any]:
     bad = [k for k in cols if k not in _TARGETS]
     if bad:
         raise DataError(f"unknown canonical column '{bad[0]}' in 'columns' (allowed: {', '.join(_TARGETS)})", file=path)
+    seen: dict[str, str] = {}
+    for target, src in cols.items():
+        if not isinstance(src, str) or not src:
+            raise DataError(f"'columns' maps '{target}' to {src!r}: expected a column name", file=path)
+        if src in seen:  # one source column read as two things would silently duplicate a signal
+            raise DataError(f"'columns' maps column '{src}' to both '{seen[src]}' and '{target}'", file=path)
+        seen[src] = target
     for req in ("user_id", "item_id", "timestamp"):
         if req not in cols:
             raise DataError(f"'columns' must map '{req}'", file=path)
@@ -149,6 +160,10 @@ def _features(fspec: Any, base: Path, spec_path: Path, key: str) -> tuple[pd.Dat
     if unknown:
         raise DataError(f"unknown key '{unknown[0]}' in '{key}'", file=spec_path)
     path = base / str(fspec["file"])
+    for k in ("categorical", "numeric"):  # a bare name would be read letter by letter
+        names = fspec.get(k, [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise DataError(f"'{key}.{k}' must be a list of column names, got {names!r}", file=spec_path)
     cat, num = list(fspec.get("categorical", [])), list(fspec.get("numeric", []))
     frame = read_table(path)
     for col in (fspec["key"], *cat, *num):

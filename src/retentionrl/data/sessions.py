@@ -49,6 +49,8 @@ class Sessions:
 
     def return_day_distribution(self, max_day: int = 10) -> dict[str, float]:
         """Share of observed return gaps equal to 1..max_day-1 and >= max_day (key ``f"{max_day}+"``)."""
+        if isinstance(max_day, bool) or not isinstance(max_day, int) or max_day < 1:
+            raise RetentionRLError(f"max_day (--max-day) must be an integer >= 1, got {max_day!r}")
         gaps = self.observed["return_gap"].to_numpy()
         if len(gaps) == 0:
             return {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -40,8 +42,15 @@ def read_table(
             frame = pd.read_csv(path, sep=sep, encoding=encoding, low_memory=False)
     except DataError:
         raise
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as exc:
-        raise DataError(f"cannot parse file: {str(exc).splitlines()[0]}", file=path) from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:  # a cut-off download, a damaged archive
+        msg = f"cannot parse file: truncated or corrupt compressed data ({_first_line(exc)})"
+        raise DataError(msg, file=path) from None
+    except UnicodeDecodeError as exc:  # no byte offset: pandas' is relative to a chunk
+        raise DataError(f"cannot parse file: not {encoding} text ({exc.reason})", file=path) from None
+    except PermissionError:
+        raise DataError("cannot read file: permission denied", file=path) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as exc:
+        raise DataError(f"cannot parse file: {_first_line(exc)}", file=path) from None
     if len(frame) == 0:
         raise DataError("file has a header but no data rows", file=path)
     missing = [c for c in required if c not in frame.columns]
@@ -51,6 +60,10 @@ def read_table(
     if usecols is not None:
         frame = frame[[c for c in usecols if c in frame.columns]]
     return frame.reset_index(drop=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def _read_headerless(path: Path, sep: str, names: list[str], encoding: str) -> pd.DataFrame:

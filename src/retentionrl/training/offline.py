@@ -28,7 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from retentionrl.agents import Agent, make_agent
-from retentionrl.config import to_dict
+from retentionrl.config import check_counts, to_dict
 from retentionrl.errors import RetentionRLError
 from retentionrl.evaluation.protocol import evaluate_policy
 from retentionrl.simulator.bundle import Simulator
@@ -135,6 +135,11 @@ class OfflineTrainConfig(RunConfig):
     total_updates: int | None = None  # overrides epochs
     batch_size: int | None = None  # None: the agent's own batch_size
 
+    def validate(self, where: str = "train config") -> None:
+        super().validate(where)
+        check_counts(self, where, ("n_log_users", "log_steps", "epochs"))
+        check_counts(self, where, ("total_updates", "batch_size"), optional=True)
+
 
 def _log_stats(logs: dict[str, Tensor]) -> dict[str, float]:
     """Scalar description of the logged data (for metrics.jsonl)."""
@@ -151,6 +156,7 @@ def train_offline(cfg: OfflineTrainConfig, sim: Simulator, run_dir: str | Path, 
     fingerprint than the run's is refused."""
     # The agent from a freshly seeded global RNG; logging draws from its own streams (fork_rng), so neither
     # depends on the other. Everything is validated before the run directory is written.
+    cfg.validate()
     torch.manual_seed(cfg.seed)
     env = cfg.env_config()  # what the agent acts in: its features' scales
     agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed, env=env)

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from retentionrl.agents import make_agent
-from retentionrl.config import to_dict
+from retentionrl.config import check_counts, to_dict
 from retentionrl.evaluation.protocol import evaluate_policy
 from retentionrl.simulator.bundle import Simulator
 from retentionrl.training.buffer import ReplayBuffer
@@ -38,12 +38,18 @@ class TrainConfig(RunConfig):
     updates_per_step: int = 1
     buffer_size: int = 100_000
 
+    def validate(self, where: str = "train config") -> None:
+        super().validate(where)
+        check_counts(self, where, ("n_users", "total_steps", "updates_per_step", "buffer_size"))
+        check_counts(self, where, ("warmup_steps",), minimum=0)
+
 
 def train(cfg: TrainConfig, sim: Simulator, run_dir: str | Path, resume: bool = False, progress: bool = True,
           stop_after: int | None = None) -> dict[str, Any] | None:
     """Train ``cfg.algo`` in ``sim``; returns the summary, or None when ``stop_after`` (a step count, e.g. to fit
     a job's time limit) ends the call early with a checkpoint to ``resume`` from. Resuming on a simulator with
     another fingerprint than the run's is refused."""
+    cfg.validate()
     torch.manual_seed(cfg.seed)
     agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed, env=cfg.env_config())
     env = sim.make_env(cfg.preset, n_users=cfg.n_users, users="train", action_mode=agent.action_mode,

@@ -25,15 +25,24 @@ from typing import Any
 
 import yaml
 
-from retentionrl.config import from_dict, to_dict
+from retentionrl.config import ConfigError, check_counts, from_dict, merge, to_dict
 from retentionrl.errors import RetentionRLError
 from retentionrl.evaluation.protocol import EvalConfig
 from retentionrl.simulator.bundle import SHORT, Simulator
-from retentionrl.simulator.env import EnvConfig, preset
+from retentionrl.simulator.env import PRESETS, EnvConfig, preset
 from retentionrl.utils.io import write_text_atomic
 
 #: the config.yaml / summary.json section that records the simulator
 BUNDLE_KEY = "bundle"
+
+
+# Env fields the loops set themselves, and where the value really comes from.
+_LOOP_SETS_ENV = {
+    "n_users": "give the training users as the top-level 'n_users' ('n_log_users' offline), the evaluation users as "
+               "'eval.n_users'",
+    "users": "training draws the bundle's train users, evaluation draws 'eval.users' (default: test)",
+    "action_mode": "the agent decides it (fusion weights or item scores), in training and evaluation alike",
+}
 
 
 @dataclass
@@ -54,6 +63,24 @@ class RunConfig:
     def env_overrides(self) -> dict[str, Any]:
         """``env`` without ``action_mode``: the agent decides that, in training and in evaluation alike."""
         return {k: v for k, v in self.env.items() if k != "action_mode"}
+
+    def validate(self, where: str = "train config") -> None:
+        """Refuse, before anything is written, what would fail mid-run or be silently ignored; messages start
+        with ``where`` (the config file) and the dotted key."""
+        check_counts(self, where, ("log_every", "eval_every", "checkpoint_every"))
+        if self.preset not in PRESETS:
+            raise ConfigError(f"{where}.preset: unknown simulator preset {self.preset!r} (known: {', '.join(PRESETS)})")
+        for key, source in _LOOP_SETS_ENV.items():
+            if key in self.env:
+                raise ConfigError(f"{where}.env.{key}: the training loop sets this itself; {source}")
+        from_dict(EnvConfig, merge(PRESETS[self.preset], self.env), f"{where}.env")
+        try:
+            ev = self.eval_config()
+            if ev.preset not in PRESETS:
+                raise ConfigError(f"eval.preset: unknown simulator preset {ev.preset!r} (known: {', '.join(PRESETS)})")
+            from_dict(EnvConfig, merge(PRESETS[ev.preset], ev.env_overrides), "eval.env_overrides")
+        except RetentionRLError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
 
     def env_config(self) -> EnvConfig:
         """The environment the agent acts in (its features' scales come from it)."""
