@@ -86,10 +86,10 @@ def cmd_simulator_report(args: argparse.Namespace) -> int:
 
     sim = Simulator.load(args.bundle)
     out = args.out or str(Path(args.bundle) / "report")
-    res = calibration_report(sim, out, preset=args.preset, n_users=args.users, seed=args.seed)
-    print(f"calibration report written to {out}/calibration.md")
+    res = calibration_report(sim, out, preset=args.preset, n_users=args.users, seed=args.seed, slate_size=args.slate_size)
+    print(f"calibration report written to {out}/calibration.md (preset {args.preset}, slate size {res['slate_size']})")
     print(f"return-day TV {res['tv_return_day']:.3f} (censoring-matched {res['tv_return_day_censored']:.3f}), "
-          f"session-length TV {res['tv_session_length']:.3f}")
+          f"session-length TV {res['tv_session_length']:.3f} (on the slate's grid {res['tv_session_requests']:.3f})")
     return 0
 
 
@@ -239,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--preset", default="learned", help="simulator preset to drive (default: learned)")
     report.add_argument("--users", type=int, default=2000, help="simulated users")
     report.add_argument("--seed", type=int, default=0)
+    report.add_argument("--slate-size", type=int, default=None,
+                        help="items per request (default: the preset's, 6, as the benchmarks use)")
     report.set_defaults(func=cmd_simulator_report)
     from retentionrl.agents import AGENTS
 

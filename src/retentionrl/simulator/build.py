@@ -17,7 +17,7 @@ from retentionrl.data import load_dataset, sessionize
 from retentionrl.data.schema import BEHAVIOURS, Interactions
 from retentionrl.data.sessions import Sessions
 from retentionrl.errors import RetentionRLError
-from retentionrl.simulator.bundle import FORMAT_VERSION, Simulator
+from retentionrl.simulator.bundle import FORMAT_VERSION, LEARNED_UNIT, Simulator
 from retentionrl.simulator.leave import fit_learned_leave, leave_features
 from retentionrl.simulator.response import ResponseConfig, ResponseModel, train_response_model
 from retentionrl.simulator.returns import fit_learned_return, fit_personal_term, session_features
@@ -105,7 +105,8 @@ def build_simulator(cfg: BuildConfig, progress: bool = True, log=print) -> Simul
     auc_line = ", ".join(f"{b} {v['model']:.3f} (pop {v['popularity']:.3f})" for b, v in fit.auc.items() if v["model"] is not None)
     log(f"[build] response model held-out-day AUC: {auc_line}")
 
-    # Leave model: one example per logged exposure; label = it was the last of its session. Time split.
+    # Leave model: a per-exposure hazard, one example per logged exposure (label = it was the last of its
+    # session); the env evaluates it on each shown item. Time split.
     rank, last = _session_rows(data, sessions)
     resp = torch.tensor(data.log[list(BEHAVIOURS)].to_numpy(np.float32))
     lfeat = leave_features(fit.states_after, torch.tensor(rank), resp)
@@ -124,7 +125,7 @@ def build_simulator(cfg: BuildConfig, progress: bool = True, log=print) -> Simul
     counts = torch.tensor(t[[f"n_{b}" for b in BEHAVIOURS]].to_numpy(np.float32))
     length = torch.tensor(t["length"].to_numpy())
     rfeat = session_features(
-        fit.states_after[last_row], length, counts, length, torch.tensor(t["watch_time"].to_numpy()),
+        fit.states_after[last_row], length, counts, torch.tensor(t["watch_time"].to_numpy()),
         torch.tensor(t["index_in_user"].to_numpy()), torch.tensor(prev_gap),
     )
     censored = torch.tensor(t["censored"].to_numpy())
@@ -180,6 +181,8 @@ def build_simulator(cfg: BuildConfig, progress: bool = True, log=print) -> Simul
         "auc": fit.auc,
         "watch_rmse": fit.watch_rmse,
         "response_history": fit.history,
+        # What one example of the learned leave / return models is: the env refuses a bundle without this.
+        "learned_unit": LEARNED_UNIT,
         "leave_in_dim": int(lfeat.shape[1]),
         "leave_fit": {"heldout_nll": lfit.heldout_nll, "constant_nll": lfit.constant_nll, "heldout_auc": lfit.heldout_auc},
         "return_in_dim": int(rfeat.shape[1]),

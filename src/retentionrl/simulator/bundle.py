@@ -32,6 +32,9 @@ from retentionrl.simulator.response import ResponseConfig, ResponseModel
 from retentionrl.simulator.returns import GeometricReturn, LearnedReturn
 
 FORMAT_VERSION = 1
+# The learned leave / return models' features are per exposure (any slate size); bundles built before this was
+# recorded in meta.json fitted them with one logged exposure standing for one request, and are refused.
+LEARNED_UNIT = "exposure"
 FILES = ("config.yaml", "meta.json", "weights.pt")
 TENSORS = ("init_items", "init_resp", "init_pad", "personal", "item_tag", "item_author", "test_users", "item_exposures")
 
@@ -85,11 +88,20 @@ class Simulator:
                 for r in (w.clamp(min=0).sum(), w.clamp(max=0).sum())]
         return days[0], days[1]
 
+    def _check_learned_unit(self, what: str) -> None:
+        unit = self.meta.get("learned_unit")
+        if unit != LEARNED_UNIT:
+            raise BundleError(
+                f"this bundle's learned {what} model was fitted with {'one exposure = one request' if unit is None else repr(unit)} "
+                f"features, not per exposure at any slate size; rebuild it with 'retentionrl simulator build'"
+            )
+
     def make_leave(self, cfg: EnvConfig, n: int):
         lc = cfg.leave
         if lc.kind == "learned":
             if self.leave_model is None:
                 raise RetentionRLError("this bundle has no learned leave model")
+            self._check_learned_unit("leave")
             return self.leave_model
         drop = lc.satisfaction_drop if lc.kind == "satisfaction" else 0.0
         return TemperLeave(n, lc.initial_temper, drop, float(self.meta["reference_reward"]))
@@ -99,6 +111,7 @@ class Simulator:
         if rc.kind == "learned":
             if self.return_model is None:
                 raise RetentionRLError("this bundle has no learned return model")
+            self._check_learned_unit("return")
             if cfg.max_return_day != self.return_model.max_day:
                 raise RetentionRLError(
                     f"the learned return model covers days 1..{self.return_model.max_day}; "

@@ -90,10 +90,12 @@ class ResponseModel(nn.Module):
         iv = item_vecs[hist_items] if item_vecs is not None else self.item_vectors(hist_items)
         return self.history.init_cache(self.user_vectors(users), iv, hist_resp, pad)
 
-    def extend(self, cache: HistoryCache, items: Tensor, resp_tokens: Tensor, item_vecs: Tensor | None = None) -> HistoryCache:
-        """Append K exposures (B, K) with their (B, K, 8) response tokens; same states as a full re-encode."""
+    def extend(self, cache: HistoryCache, items: Tensor, resp_tokens: Tensor, item_vecs: Tensor | None = None,
+               all_states: bool = False) -> HistoryCache:
+        """Append K exposures (B, K) with their (B, K, 8) response tokens; same states as a full re-encode
+        (``all_states``: also the state after each of the K, in ``cache.slate_states`` (B, K, D))."""
         iv = item_vecs[items] if item_vecs is not None else self.item_vectors(items)
-        return self.history.extend(cache, iv, resp_tokens)
+        return self.history.extend(cache, iv, resp_tokens, all_states)
 
     def queries(self, state: Tensor) -> Tensor:
         """(..., D) -> (..., 8, D)."""

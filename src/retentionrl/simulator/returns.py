@@ -6,7 +6,8 @@
   switched off (``personal="none"``). ``r_session`` is the mean immediate reward over the session's requests
   (KuaiSim uses the last request only; the session mean is less noisy and is what "session feedback" means).
 * :class:`LearnedReturn`: an MLP classifier over ``1..D`` on end-of-session features
-  (:func:`session_features`), trained on real sessions with right-censoring: a censored session that was
+  (:func:`session_features`, measured in exposures, so they mean the same at any slate size), trained on real
+  sessions with right-censoring: a censored session that was
   watched for ``c`` days without a return contributes ``log Pr(d > c)``. Gaps ``>= D`` fall in class ``D``.
 """
 
@@ -80,29 +81,30 @@ class GeometricReturn:
         return truncated_geometric_probs(self.probability(users, session_reward, state), self.max_day)
 
 
-N_SESSION_FEATURES = 7 + 6
+N_SESSION_FEATURES = 7 + 5
 
 
 def session_features(
-    state: Tensor, n_requests: Tensor, resp_sums: Tensor, n_exposures: Tensor, watch_sum: Tensor,
-    session_index: Tensor, prev_gap: Tensor,
+    state: Tensor, n_exposures: Tensor, resp_sums: Tensor, watch_sum: Tensor, session_index: Tensor,
+    prev_gap: Tensor,
 ) -> Tensor:
-    """End-of-session features, computed the same way from logs and in the simulator.
+    """End-of-session features, computed the same way from logs and in the simulator, all in exposures (a
+    logged row is one exposure; a simulated request of K items is K): the session's length in exposures, its
+    per-exposure behaviour rates and watch seconds per exposure, so a slate size changes none of their ranges.
 
-    state (B, D) user state after the session; n_requests, n_exposures, watch_sum (seconds), session_index
+    state (B, D) user state after the session's last exposure; n_exposures, watch_sum (seconds), session_index
     (0-based), prev_gap (days since the previous session, 0 for the first): (B,); resp_sums (B, 7).
-    Returns (B, D + 13).
+    Returns (B, D + 12).
     """
     n_exp = n_exposures.clamp(min=1).float()
     rates = resp_sums.float() / n_exp[:, None]
     extra = torch.stack(
         [
-            torch.log1p(n_requests.float()),
-            torch.log1p(watch_sum.float() / n_requests.clamp(min=1).float()) / 5.0,
+            torch.log1p(n_exp),
+            torch.log1p(watch_sum.float() / n_exp) / 5.0,
             torch.log1p(session_index.float()),
             torch.log1p(prev_gap.float()),
             (prev_gap > 0).float(),
-            torch.log1p(n_exp),
         ],
         dim=1,
     )
