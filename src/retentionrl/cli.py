@@ -56,6 +56,8 @@ def cmd_simulator_build(args: argparse.Namespace) -> int:
                              "max_users": args.max_users}.items() if v is not None}
     if args.epochs is not None:
         cli["response"] = {"epochs": args.epochs}
+    if args.members is not None:
+        cli["ensemble"] = {"members": args.members}
     cfg = from_dict(BuildConfig, merge(base, cli), args.config or "build config")
     out = args.out or f"bundles/{cfg.dataset}" + ("" if cfg.data_dir else "-sample")
     path = build_and_save(cfg, out, progress=not args.quiet, log=(lambda *_: None) if args.quiet else print)
@@ -227,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--epochs", type=int, default=None, help="response-model epochs")
     build.add_argument("--seed", type=int, default=None)
     build.add_argument("--max-users", type=int, default=None, help="build on a random subset of users")
+    build.add_argument("--members", type=int, default=None,
+                       help="bootstrap ensemble members that measure extrapolation (default 5; 0: none)")
     build.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     build.set_defaults(func=cmd_simulator_build)
     info = sim_cmds.add_parser("info", help="what a bundle holds: sizes, AUC table, fit scores")

@@ -25,6 +25,9 @@ METRICS: dict[str, tuple[str, bool]] = {
     "long_view_rate": ("long view ↑", False),
     "like_rate": ("like ↑", False),
     "session_length": ("session length", False),
+    # Ensemble members' std on the visited states (where the simulator extrapolates; bundles with an ensemble).
+    "disagreement_click": ("disagree. click", True),
+    "disagreement_return": ("disagree. return", True),
 }
 
 
@@ -59,7 +62,7 @@ def comparison_table(runs: dict[str, list[dict[str, Any]]], reference: str | Non
     methods = list(runs)
     cols: dict[str, list[dict[str, Any]]] = {}
     for metric, (_, lower) in METRICS.items():
-        vals = {m: [r["eval"][metric] for r in runs[m]] for m in methods}
+        vals = {m: [r["eval"].get(metric) for r in runs[m]] for m in methods}  # None: not measured (old runs)
         if any(v is None for vs in vals.values() for v in vs):
             continue
         cols[metric] = compare_runs(vals, reference, lower_is_better=lower)

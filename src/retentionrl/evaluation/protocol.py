@@ -22,6 +22,7 @@ import torch
 from retentionrl.data.schema import BEHAVIOURS
 from retentionrl.errors import RetentionRLError
 from retentionrl.evaluation.metrics import RetentionMetrics
+from retentionrl.simulator.ensemble import DisagreementTracker, logged_like_disagreement
 
 if TYPE_CHECKING:
     from retentionrl.agents.base import Agent
@@ -79,6 +80,12 @@ def evaluate_policy(agent: "Agent", sim: "Simulator", cfg: EvalConfig | None = N
     metrics' ``episodes`` entry is the exact number). Session- and slate-level metrics also include the
     sessions of episodes still running at the stop; episode-level ones count completed episodes only.
 
+    Where the simulator extrapolates: with a bundle that has an ensemble, the metrics include
+    ``disagreement_click`` / ``disagreement_return`` (std across the bootstrap members on what the policy
+    visited, first 64 rows; :mod:`retentionrl.simulator.ensemble`) and the same figures for the logged-like
+    policy in the same env config, ``disagreement_click_logged`` / ``disagreement_return_logged`` (computed once
+    per bundle and config); a bundle without an ensemble reports none of the four.
+
     Reproducibility: the environment draws everything (users, responses, return days) from its own generator,
     seeded by ``reset``, so for a given seed the users do not depend on how the agent uses randomness (with the
     fixed-length ``kuaisim`` leave model, every agent meets exactly the same users in the same rows). The
@@ -96,14 +103,22 @@ def evaluate_policy(agent: "Agent", sim: "Simulator", cfg: EvalConfig | None = N
     mode = getattr(agent, "action_mode", "fusion")
     per_seed = []
     t_all = time.perf_counter()
+    reference = {}
+    if sim.members:
+        with torch.random.fork_rng(devices=[]):
+            ref = logged_like_disagreement(sim, cfg.preset, cfg.env_overrides, cfg.users, seed=cfg.seeds[0])
+        reference = {f"{k}_logged": v for k, v in ref.items()}
     for seed in cfg.seeds:
         env = sim.make_env(cfg.preset, n_users=cfg.n_users, users=cfg.users, action_mode=mode, **cfg.env_overrides)
         metrics = RetentionMetrics(cfg.n_users, sim.item_tag, sim.item_author, BEHAVIOURS)
+        tracker = DisagreementTracker(sim) if sim.members else None
         t0 = time.perf_counter()
         steps = done = 0
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(seed + _AGENT_SEED_OFFSET)
             obs = env.reset(seed)
+            if tracker is not None:
+                tracker.reset(obs)
             while done < cfg.n_episodes:
                 if steps >= cfg.max_steps:
                     raise EvaluationError(
@@ -113,10 +128,13 @@ def evaluate_policy(agent: "Agent", sim: "Simulator", cfg: EvalConfig | None = N
                     )
                 out = env.step(agent.act(obs, explore=False))
                 metrics.update(out)
+                if tracker is not None:
+                    tracker.update(obs, out)
                 done += int(out.episode_end.sum())
                 obs = out.obs
                 steps += 1
-        per_seed.append({"seed": seed, "metrics": metrics.result(), "steps": steps,
+        disagreement = tracker.result() if tracker is not None else {}
+        per_seed.append({"seed": seed, "metrics": {**metrics.result(), **disagreement, **reference}, "steps": steps,
                          "wall_time": time.perf_counter() - t0})
     return {
         "per_seed": per_seed,

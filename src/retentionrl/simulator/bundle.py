@@ -3,8 +3,9 @@
     BUNDLE/
       config.yaml   how it was built (dataset, seeds, response-model hyper-parameters)
       meta.json     sizes, behaviours, reward weights, fit reports (AUC table, leave / return held-out scores)
-      weights.pt    tensors only (response / leave / return weights, feature tables, initial histories,
-                    per-user return terms); loaded with ``torch.load(weights_only=True)``
+      weights.pt    tensors only (response / leave / return weights, the ensemble members' response and
+                    return weights, feature tables, initial histories, per-user return terms); loaded with
+                    ``torch.load(weights_only=True)``
 
 The directory is written to a temporary sibling and renamed into place, so a crash never leaves half a bundle.
 """
@@ -36,6 +37,7 @@ FORMAT_VERSION = 1
 # recorded in meta.json fitted them with one logged exposure standing for one request, and are refused.
 LEARNED_UNIT = "exposure"
 FILES = ("config.yaml", "meta.json", "weights.pt")
+_FEATURE_TABLES = ("user_cat", "user_num", "item_cat", "item_num")  # ResponseModel buffers
 TENSORS = ("init_items", "init_resp", "init_pad", "personal", "item_tag", "item_author", "test_users", "item_exposures")
 
 
@@ -47,8 +49,12 @@ class Simulator:
     """The learned user model plus the tables the environment needs. ``make_env`` gives a :class:`RetentionEnv`."""
 
     def __init__(self, response: ResponseModel, leave: LearnedLeave | None, returns: LearnedReturn | None,
-                 tensors: dict[str, Tensor], meta: dict[str, Any], build_config: dict[str, Any]) -> None:
+                 tensors: dict[str, Tensor], meta: dict[str, Any], build_config: dict[str, Any],
+                 members: list[tuple[ResponseModel, LearnedReturn]] | None = None) -> None:
         self.response, self.leave_model, self.return_model = response, leave, returns
+        # Bootstrap members (response, learned return): they only measure disagreement, never simulate.
+        self.members = list(members or [])
+        self._reference: dict[str, dict[str, float | None]] = {}  # logged-like disagreement by env config
         self.tensors, self.meta, self.build_config = tensors, meta, build_config
         for name in TENSORS:
             setattr(self, name, tensors[name])
@@ -151,6 +157,10 @@ class Simulator:
             out.update({f"leave.{k}": v for k, v in self.leave_model.state_dict().items()})
         if self.return_model is not None:
             out.update({f"return.{k}": v for k, v in self.return_model.state_dict().items()})
+        for m, (resp, ret) in enumerate(self.members):
+            out.update({f"member{m}.response.{k}": v for k, v in resp.state_dict().items()
+                        if k not in _FEATURE_TABLES})  # members share the main model's feature tables
+            out.update({f"member{m}.return.{k}": v for k, v in ret.state_dict().items()})
         out.update({f"table.{k}": v for k, v in self.tensors.items()})
         return out
 
@@ -227,4 +237,12 @@ class Simulator:
                 raise ValueError(f"table '{name}' has {tables[name].shape[0]} rows, meta.json says {rows}")
         if response.item_cat.shape[0] != n_items or response.user_cat.shape[0] != n_users:
             raise ValueError("feature tables do not match n_users / n_items")
-        return cls(response.eval(), leave, ret, tables, meta, build_config)
+        members = []
+        for m in range(int((meta.get("ensemble") or {}).get("members", 0))):
+            member = ResponseModel(users, items, rcfg)
+            sd = part(f"member{m}.response.")
+            member.load_state_dict({**{k: resp_sd[k] for k in _FEATURE_TABLES}, **sd}, strict=True)
+            mret = LearnedReturn(int(meta["return_in_dim"]), int(meta["max_return_day"]))
+            mret.load_state_dict(part(f"member{m}.return."), strict=True)
+            members.append((member.eval(), mret.eval()))
+        return cls(response.eval(), leave, ret, tables, meta, build_config, members)

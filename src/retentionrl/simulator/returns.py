@@ -153,9 +153,11 @@ class ReturnFit:
 
 def fit_learned_return(
     features: Tensor, gap: Tensor, censored: Tensor, observed_days: Tensor, test: Tensor, max_day: int,
-    seed: int = 0, epochs: int = 60, lr: float = 3e-3, batch_size: int = 2048,
+    seed: int = 0, epochs: int = 60, lr: float = 3e-3, batch_size: int = 2048, train_index: Tensor | None = None,
 ) -> ReturnFit:
-    """Fit on ``~test`` sessions; compare held-out NLL with the best constant distribution (also censoring-aware)."""
+    """Fit on ``~test`` sessions; compare held-out NLL with the best constant distribution (also censoring-aware).
+    ``train_index`` (n,) long: the training sessions of one epoch, repeats allowed (a bootstrap resample of
+    an ensemble member); None: every ``~test`` session once."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     train = ~test
@@ -164,7 +166,7 @@ def fit_learned_return(
     model.std.copy_(features[train].std(0).clamp(min=1e-4))
     const = torch.zeros(max_day, requires_grad=True)
     opt = torch.optim.Adam([*model.parameters(), const], lr=lr, weight_decay=1e-5)
-    idx = torch.nonzero(train).squeeze(1)
+    idx = torch.nonzero(train).squeeze(1) if train_index is None else train_index
     for _ in range(epochs):
         perm = idx[torch.randperm(len(idx), generator=g)]
         for k in range(0, len(perm), batch_size):
