@@ -55,6 +55,8 @@ def test_identical_members_disagree_exactly_zero(ens_sim):
     real = evaluate_policy(FixedWeightsAgent(), ens_sim, EvalConfig(preset="learned", **SMALL_EVAL))["mean"]
     assert real["disagreement_click"] > 0 and real["disagreement_return"] > 0
     assert real["return_time"] == m["return_time"] and real["click_rate"] == m["click_rate"]
+    off = evaluate_policy(FixedWeightsAgent(), ens_sim, EvalConfig(preset="learned", disagreement=False, **SMALL_EVAL))
+    assert not [k for k in off["mean"] if k.startswith("disagreement")] and off["mean"]["return_time"] == m["return_time"]
 
 
 def test_two_members_by_hand(ens_sim):
