@@ -41,7 +41,8 @@ KEYS = ("disagreement_click", "disagreement_return")
 
 
 class DisagreementTracker:
-    """Follows the first ``rows`` rows of an env with every member; accumulates the two disagreements."""
+    """Follows the first ``rows`` rows of an env with every member; accumulates the two disagreements (population
+    std over the M members, averaged over shown items and over session ends)."""
 
     def __init__(self, sim: "Simulator", rows: int = TRACKED_ROWS) -> None:
         self.members = sim.members
