@@ -49,7 +49,7 @@ class EvalConfig:
     env_overrides: dict[str, Any] = field(default_factory=dict)  # EnvConfig fields on top of the preset
     max_steps: int = 10_000  # safety cap on env steps per seed
     # Ensemble disagreement on the visited states (bundles with an ensemble). It follows 64 rows with every
-    # member, which roughly doubles an evaluation's time; False skips it (e.g. for frequent training evals).
+    # member (+15% to +100% evaluation time, docs/simulator.md); False skips it (e.g. frequent training evals).
     disagreement: bool = True
 
     def validate(self) -> None:
