@@ -57,11 +57,12 @@ def tiny_kuairand(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sim(tmp_path_factory):
     """A small simulator built from the shipped sample (1,500 users, 1 epoch), saved and loaded back."""
-    from retentionrl.simulator.build import BuildConfig, build_simulator
+    from retentionrl.simulator.build import BuildConfig, EnsembleConfig, build_simulator
     from retentionrl.simulator.bundle import Simulator
     from retentionrl.simulator.response import ResponseConfig
 
-    cfg = BuildConfig(max_users=1500, response=ResponseConfig(dim=32, epochs=1, window=12))
+    cfg = BuildConfig(max_users=1500, response=ResponseConfig(dim=32, epochs=1, window=12),
+                      ensemble=EnsembleConfig(members=0))  # tests/test_ensemble.py builds its own
     path = build_simulator(cfg, progress=False, log=lambda *_: None).save(tmp_path_factory.mktemp("sim") / "bundle")
     return Simulator.load(path)
 

@@ -16,6 +16,7 @@ from retentionrl.simulator.calibration import (
     compare,
     censor_mask,
     histogram,
+    requests_histograms,
     item_popularity,
     simulate_logged_like,
 )
@@ -41,7 +42,11 @@ def test_report_files_and_markdown(report, tiny_sim):
         assert f"| {b} | {v['positives']} |" in md
     assert f"| TV return day (raw) | {res['tv_return_day']:.4f} |" in md
     assert f"| TV return day (censoring-matched) | {res['tv_return_day_censored']:.4f} |" in md
-    assert f"| TV session length | {res['tv_session_length']:.4f} |" in md
+    assert f"shorter than the slate of 6) | {res['tv_session_length']:.4f} |" in md
+    assert f"| TV session length (requests of 6) | {res['tv_session_requests']:.4f} |" in md
+    # The report runs at the benchmarks' slate of 6 by default, and says so.
+    assert res["slate_size"] == res["comparison"]["slate_size"] == 6
+    assert "- preset: `learned`, slate size 6," in md
     assert "held-out NLL" in md and "| leave |" in md and "| return |" in md
     on_disk = json.loads((out / "calibration.json").read_text())
     assert on_disk["tv_return_day"] == pytest.approx(res["tv_return_day"])
@@ -165,3 +170,21 @@ def test_censoring_known_answers():
 def test_histogram_buckets():
     assert histogram(torch.tensor([1, 2, 2, 3, 7, 12]), 4) == [1, 2, 1, 2]
     assert histogram(torch.zeros(0, dtype=torch.long), 3) == [0, 0, 0]
+
+
+def test_session_requests_on_the_slate_grid_by_hand():
+    # Real exposures 1..5 and 5+ (last open bin), slate 2: ceil(l / 2) requests = 1, 1, 2, 2, 3+ (5+ -> 3+).
+    real, sim = requests_histograms([10, 20, 30, 40, 50], torch.tensor([1, 2, 2, 3, 7]), 2)
+    assert real == [30, 70, 50]
+    assert sim == [1, 2, 2]
+    real, _ = requests_histograms([10, 20, 30], torch.tensor([1]), 1)  # slate 1: the exposure histogram itself
+    assert real == [10, 20, 30]
+
+
+def test_report_at_slate_one_is_a_parameter(tiny_sim, tmp_path):
+    res = calibration_report(tiny_sim, tmp_path, preset="learned", seed=0, slate_size=1, **SMALL)
+    c = res["comparison"]
+    assert res["slate_size"] == c["slate_size"] == 1
+    assert c["real_share_shorter_than_slate"] == 0.0
+    assert c["session_requests"] == c["session_length"]  # one request is one exposure
+    assert "slate size 1," in (tmp_path / "calibration.md").read_text()

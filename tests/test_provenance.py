@@ -71,7 +71,8 @@ def test_run_records_bundle_and_protocol_and_resume_refuses_another_simulator(tm
     on_disk = json.loads((run / "summary.json").read_text())
     assert on_disk["bundle"] == saved["bundle"] == summary["bundle"]
     assert on_disk["eval_config"] == {"preset": "kuaisim", "n_users": 8, "n_episodes": 8, "seeds": [101],
-                                      "users": "test", "env_overrides": {"max_sessions": 2}, "max_steps": 10_000}
+                                      "users": "test", "env_overrides": {"max_sessions": 2}, "max_steps": 10_000,
+                                      "disagreement": True}
     assert on_disk["eval_pool_users"] == int(sim.test_users.sum()) > 0
 
     other = _bundle(tmp_path / "bundles", "other", seed=1)
@@ -185,6 +186,8 @@ def test_compare_refuses_duplicates_other_bundles_and_other_protocols(tmp_path, 
     e = _finished(tmp_path, sim, "e", seed=4, env={"max_sessions": 3})
     with pytest.raises(RetentionRLError, match=r"different protocols \(differ in: env_overrides\)"):
         load_runs([a, e])
+    quiet = _finished(tmp_path, sim, "quiet", seed=5, eval={**EVAL, "disagreement": False})
+    assert len(load_runs([a, quiet])["ranking"]) == 2  # the disagreement switch only adds columns
 
     f = _finished(tmp_path, sim, "f", seed=0, eval={**EVAL, "users": "all"})
     g = _finished(tmp_path, sim, "g", seed=1, eval={**EVAL, "users": "all"})

@@ -302,13 +302,14 @@ def test_build_cli_on_shipped_sample(tmp_path, capsys):
     from retentionrl.cli import main
 
     out = tmp_path / "bundle"
-    assert main(["simulator", "build", "--max-users", "400", "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    assert main(["simulator", "build", "--max-users", "400", "--epochs", "1", "--members", "1", "--out", str(out), "--quiet"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "meta.json", "weights.pt"]
     assert main(["simulator", "info", str(out)]) == 0
     text = capsys.readouterr().out
     assert "model AUC" in text and "400 users" in text
     sim = Simulator.load(out)
     assert sim.n_users == 400 and sim.build_config["max_users"] == 400
+    assert len(sim.members) == sim.meta["ensemble"]["members"] == sim.build_config["ensemble"]["members"] == 1
 
 
 def test_build_missing_dataset_files(tmp_path, capsys):

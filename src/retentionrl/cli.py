@@ -57,6 +57,8 @@ def cmd_simulator_build(args: argparse.Namespace) -> int:
                              "max_users": args.max_users}.items() if v is not None}
     if args.epochs is not None:
         cli["response"] = {"epochs": args.epochs}
+    if args.members is not None:
+        cli["ensemble"] = {"members": args.members}
     cfg = from_dict(BuildConfig, merge(base, cli), args.config or "build config")
     out = args.out or f"bundles/{cfg.dataset}" + ("" if cfg.data_dir else "-sample")
     path = build_and_save(cfg, out, progress=not args.quiet, log=(lambda *_: None) if args.quiet else print)
@@ -94,10 +96,10 @@ def cmd_simulator_report(args: argparse.Namespace) -> int:
         raise RetentionRLError(f"--preset: unknown simulator preset '{args.preset}' (known: {', '.join(PRESETS)})")
     sim = Simulator.load(args.bundle)
     out = args.out or str(Path(args.bundle) / "report")
-    res = calibration_report(sim, out, preset=args.preset, n_users=args.users, seed=args.seed)
-    print(f"calibration report written to {out}/calibration.md")
+    res = calibration_report(sim, out, preset=args.preset, n_users=args.users, seed=args.seed, slate_size=args.slate_size)
+    print(f"calibration report written to {out}/calibration.md (preset {args.preset}, slate size {res['slate_size']})")
     print(f"return-day TV {res['tv_return_day']:.3f} (censoring-matched {res['tv_return_day_censored']:.3f}), "
-          f"session-length TV {res['tv_session_length']:.3f}")
+          f"session-length TV {res['tv_session_length']:.3f} (on the slate's grid {res['tv_session_requests']:.3f})")
     return 0
 
 
@@ -270,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--epochs", type=int, default=None, help="response-model epochs")
     build.add_argument("--seed", type=int, default=None)
     build.add_argument("--max-users", type=int, default=None, help="build on a random subset of users")
+    build.add_argument("--members", type=int, default=None,
+                       help="bootstrap ensemble members that measure extrapolation (default 5; 0: none)")
     build.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     build.set_defaults(func=cmd_simulator_build)
     info = sim_cmds.add_parser("info", help="what a bundle holds: sizes, AUC table, fit scores")
@@ -282,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--preset", default="learned", help="simulator preset to drive (default: learned)")
     report.add_argument("--users", type=int, default=2000, help="simulated users")
     report.add_argument("--seed", type=int, default=0)
+    report.add_argument("--slate-size", type=int, default=None,
+                        help="items per request (default: the preset's, 6, as the benchmarks use)")
     report.set_defaults(func=cmd_simulator_report)
     from retentionrl.agents import AGENTS
 

@@ -34,6 +34,9 @@ METRICS: dict[str, tuple[str, bool]] = {
     "long_view_rate": ("long view ↑", False),
     "like_rate": ("like ↑", False),
     "session_length": ("session length", False),
+    # Ensemble members' std on the visited states (where the simulator extrapolates; bundles with an ensemble).
+    "disagreement_click": ("disagree. click", True),
+    "disagreement_return": ("disagree. return", True),
 }
 
 
@@ -79,11 +82,16 @@ def _check_comparable(a: dict[str, Any], b: dict[str, Any]) -> None:
         name = lambda f: f[:SHORT] if f else "no recorded bundle"  # noqa: E731
         raise RetentionRLError(f"{a['dir']} and {b['dir']} were made on different simulators ({name(fa)} vs "
                                f"{name(fb)}); compare runs of one bundle")
-    ea, eb = a["eval_config"], b["eval_config"]
+    # `disagreement` only adds columns (the simulation is the same with it off), so it is not the protocol.
+    ea, eb = ({k: v for k, v in r["eval_config"].items() if k not in REPORTING_ONLY} for r in (a, b))
     if ea != eb:
         diff = sorted(k for k in set(ea) | set(eb) if ea.get(k) != eb.get(k))
         raise RetentionRLError(f"{a['dir']} and {b['dir']} were evaluated under different protocols (differ in: "
                                f"{', '.join(diff)})")
+
+
+#: EvalConfig fields that change what is reported, not what is simulated
+REPORTING_ONLY = ("disagreement",)
 
 
 def evaluated_on(runs: dict[str, list[dict[str, Any]]]) -> str:
@@ -114,7 +122,7 @@ def comparison_table(runs: dict[str, list[dict[str, Any]]], reference: str | Non
     methods = list(runs)
     cols: dict[str, list[dict[str, Any]]] = {}
     for metric, (_, lower) in METRICS.items():
-        vals = {m: [r["eval"][metric] for r in runs[m]] for m in methods}
+        vals = {m: [r["eval"].get(metric) for r in runs[m]] for m in methods}  # None: not measured (old runs)
         if any(v is None for vs in vals.values() for v in vs):
             continue
         cols[metric] = compare_runs(vals, reference, lower_is_better=lower)

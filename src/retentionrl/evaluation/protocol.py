@@ -22,6 +22,7 @@ import torch
 from retentionrl.data.schema import BEHAVIOURS
 from retentionrl.errors import RetentionRLError
 from retentionrl.evaluation.metrics import RetentionMetrics
+from retentionrl.simulator.ensemble import DisagreementTracker, logged_like_disagreement
 
 if TYPE_CHECKING:
     from retentionrl.agents.base import Agent
@@ -47,6 +48,9 @@ class EvalConfig:
     users: Literal["all", "train", "test"] = "test"  # the bundle's held-out users by default
     env_overrides: dict[str, Any] = field(default_factory=dict)  # EnvConfig fields on top of the preset
     max_steps: int = 10_000  # safety cap on env steps per seed
+    # Ensemble disagreement on the visited states (bundles with an ensemble). It follows 64 rows with every
+    # member (+15% to +100% evaluation time, docs/simulator.md); False skips it (e.g. frequent training evals).
+    disagreement: bool = True
 
     def validate(self) -> None:
         for name in ("n_users", "n_episodes", "max_steps"):
@@ -60,6 +64,8 @@ class EvalConfig:
         if len(set(self.seeds)) != len(self.seeds):
             # A repeated seed replays the same users and would count one run twice in the mean.
             raise EvaluationError(f"eval config: seeds must be distinct, got {self.seeds!r}")
+        if not isinstance(self.disagreement, bool):
+            raise EvaluationError(f"eval config: disagreement must be true or false, got {self.disagreement!r}")
         if self.users not in ("all", "train", "test"):
             raise EvaluationError(f"eval config: users must be 'all', 'train' or 'test', got {self.users!r}")
         clash = [k for k in _RESERVED if k in self.env_overrides]
@@ -79,6 +85,12 @@ def evaluate_policy(agent: "Agent", sim: "Simulator", cfg: EvalConfig | None = N
     metrics' ``episodes`` entry is the exact number). Session- and slate-level metrics also include the
     sessions of episodes still running at the stop; episode-level ones count completed episodes only.
 
+    Where the simulator extrapolates: with a bundle that has an ensemble, the metrics include
+    ``disagreement_click`` / ``disagreement_return`` (std across the bootstrap members on what the policy
+    visited, first 64 rows; :mod:`retentionrl.simulator.ensemble`) and the same figures for the logged-like
+    policy in the same env config, ``disagreement_click_logged`` / ``disagreement_return_logged`` (computed once
+    per bundle and config); a bundle without an ensemble (or ``cfg.disagreement = False``) reports none of them.
+
     Reproducibility: the environment draws everything (users, responses, return days) from its own generator,
     seeded by ``reset``, so for a given seed the users do not depend on how the agent uses randomness (with the
     fixed-length ``kuaisim`` leave model, every agent meets exactly the same users in the same rows). The
@@ -96,14 +108,23 @@ def evaluate_policy(agent: "Agent", sim: "Simulator", cfg: EvalConfig | None = N
     mode = getattr(agent, "action_mode", "fusion")
     per_seed = []
     t_all = time.perf_counter()
+    track = bool(sim.members) and cfg.disagreement
+    reference = {}
+    if track:
+        with torch.random.fork_rng(devices=[]):
+            ref = logged_like_disagreement(sim, cfg.preset, cfg.env_overrides, cfg.users, seed=cfg.seeds[0])
+        reference = {f"{k}_logged": v for k, v in ref.items()}
     for seed in cfg.seeds:
         env = sim.make_env(cfg.preset, n_users=cfg.n_users, users=cfg.users, action_mode=mode, **cfg.env_overrides)
         metrics = RetentionMetrics(cfg.n_users, sim.item_tag, sim.item_author, BEHAVIOURS)
+        tracker = DisagreementTracker(sim) if track else None
         t0 = time.perf_counter()
         steps = done = 0
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(seed + _AGENT_SEED_OFFSET)
             obs = env.reset(seed)
+            if tracker is not None:
+                tracker.reset(obs)
             while done < cfg.n_episodes:
                 if steps >= cfg.max_steps:
                     raise EvaluationError(
@@ -113,10 +134,13 @@ def evaluate_policy(agent: "Agent", sim: "Simulator", cfg: EvalConfig | None = N
                     )
                 out = env.step(agent.act(obs, explore=False))
                 metrics.update(out)
+                if tracker is not None:
+                    tracker.update(obs, out)
                 done += int(out.episode_end.sum())
                 obs = out.obs
                 steps += 1
-        per_seed.append({"seed": seed, "metrics": metrics.result(), "steps": steps,
+        disagreement = tracker.result() if tracker is not None else {}
+        per_seed.append({"seed": seed, "metrics": {**metrics.result(), **disagreement, **reference}, "steps": steps,
                          "wall_time": time.perf_counter() - t0})
     return {
         "per_seed": per_seed,

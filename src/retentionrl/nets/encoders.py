@@ -116,6 +116,9 @@ class HistoryCache:
     pad: Tensor  # (B, 1 + W) True = empty slot (never the user slot)
     state: Tensor  # (B, D) output at the newest token (the user token when there is no history)
     start: int = 0
+    # (B, K, D) state after each exposure of the last ``extend(..., all_states=True)`` (transient: not copied by
+    # ``assign`` nor saved; the learned leave model evaluates its per-exposure hazard on it).
+    slate_states: Tensor | None = None
 
     @property
     def width(self) -> int:
@@ -206,9 +209,10 @@ class HistoryTransformer(nn.Module):
         state = torch.where(pad[:, -1:], out[:, 0], out[:, -1])
         return HistoryCache(k[..., keep, :].contiguous(), v[..., keep, :].contiguous(), full_pad[:, keep].clone(), state)
 
-    def extend(self, cache: HistoryCache, items: Tensor, responses: Tensor) -> HistoryCache:
+    def extend(self, cache: HistoryCache, items: Tensor, responses: Tensor, all_states: bool = False) -> HistoryCache:
         """Append K < window exposures: items (B, K, D), responses (B, K, n_behaviours + 1). Updates ``cache``
-        in place (and returns it); the new state equals a full re-encode with :meth:`forward`."""
+        in place (and returns it); the new state equals a full re-encode with :meth:`forward`. With
+        ``all_states`` the state after each of the K exposures is kept in ``cache.slate_states`` (B, K, D)."""
         x = self.tokens(items, responses)
         b, kk, _ = x.shape
         W = cache.width
@@ -222,7 +226,7 @@ class HistoryTransformer(nn.Module):
         bias = self.attention_bias(qpos, torch.cat([kpos, qpos]), key_pad)
         news = []
         for layer, blk in enumerate(self.blocks):
-            last = layer == len(self.blocks) - 1
+            last = layer == len(self.blocks) - 1 and not all_states
             x, kv = blk(x, bias, (cache.k[layer], cache.v[layer]), last_only=last)
             news.append(kv)
         slots = cache.ring_slots(0, kk)  # the K oldest exposures leave the window
@@ -231,7 +235,9 @@ class HistoryTransformer(nn.Module):
             cache.v[layer, :, :, slots] = v_new
         cache.pad[:, slots] = False
         cache.start = (cache.start + kk) % W
-        cache.state = self.norm(x[:, -1])
+        out = self.norm(x)
+        cache.state = out[:, -1]
+        cache.slate_states = out if all_states else None
         return cache
 
 

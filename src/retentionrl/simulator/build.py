@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +17,21 @@ from retentionrl.data import load_dataset, sessionize
 from retentionrl.data.schema import BEHAVIOURS, Interactions
 from retentionrl.data.sessions import Sessions
 from retentionrl.errors import RetentionRLError
-from retentionrl.simulator.bundle import FORMAT_VERSION, Simulator
+from retentionrl.simulator.bundle import FORMAT_VERSION, LEARNED_UNIT, Simulator
 from retentionrl.simulator.leave import fit_learned_leave, leave_features
 from retentionrl.simulator.response import ResponseConfig, ResponseModel, train_response_model
 from retentionrl.simulator.returns import fit_learned_return, fit_personal_term, session_features
+
+
+@dataclass
+class EnsembleConfig:
+    """Bootstrap members of the response and learned return models, used only to measure where the simulator
+    extrapolates (the env simulates with the main models). Each member refits both on a resample of *users*
+    drawn with replacement (its own seed); its return model is fitted on its own response model's states."""
+
+    members: int = 5  # 0: no ensemble (fast builds)
+    epochs: int = 2  # response-model epochs per member (capped at the main model's): the build-time budget
+    return_epochs: int = 30
 
 
 @dataclass
@@ -33,6 +44,7 @@ class BuildConfig:
     personal_prior: float = 2.0  # Beta-prior pseudo-returns for the per-user geometric term
     max_users: int | None = None  # keep a random subset of users (quick builds)
     response: ResponseConfig = field(default_factory=ResponseConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
 
 def reward_weights(data: Interactions) -> list[float]:
@@ -105,7 +117,8 @@ def build_simulator(cfg: BuildConfig, progress: bool = True, log=print) -> Simul
     auc_line = ", ".join(f"{b} {v['model']:.3f} (pop {v['popularity']:.3f})" for b, v in fit.auc.items() if v["model"] is not None)
     log(f"[build] response model held-out-day AUC: {auc_line}")
 
-    # Leave model: one example per logged exposure; label = it was the last of its session. Time split.
+    # Leave model: a per-exposure hazard, one example per logged exposure (label = it was the last of its
+    # session); the env evaluates it on each shown item. Time split.
     rank, last = _session_rows(data, sessions)
     resp = torch.tensor(data.log[list(BEHAVIOURS)].to_numpy(np.float32))
     lfeat = leave_features(fit.states_after, torch.tensor(rank), resp)
@@ -124,7 +137,7 @@ def build_simulator(cfg: BuildConfig, progress: bool = True, log=print) -> Simul
     counts = torch.tensor(t[[f"n_{b}" for b in BEHAVIOURS]].to_numpy(np.float32))
     length = torch.tensor(t["length"].to_numpy())
     rfeat = session_features(
-        fit.states_after[last_row], length, counts, length, torch.tensor(t["watch_time"].to_numpy()),
+        fit.states_after[last_row], length, counts, torch.tensor(t["watch_time"].to_numpy()),
         torch.tensor(t["index_in_user"].to_numpy()), torch.tensor(prev_gap),
     )
     censored = torch.tensor(t["censored"].to_numpy())
@@ -134,6 +147,9 @@ def build_simulator(cfg: BuildConfig, progress: bool = True, log=print) -> Simul
         torch.tensor(test_users[t["user_id"].to_numpy()]), cfg.max_return_day, seed=cfg.seed,
     )
     log(f"[build] return model held-out NLL {rfit.heldout_nll:.4f} (best constant {rfit.constant_nll:.4f})")
+
+    members, ens_meta = _fit_members(cfg, data, t, last_row, prev_gap, counts, length, censored, gap, test_users,
+                                     progress, log)
 
     init_items, init_resp, init_pad = _initial_histories(data, cfg.response.window)
     weights = reward_weights(data)
@@ -180,17 +196,56 @@ def build_simulator(cfg: BuildConfig, progress: bool = True, log=print) -> Simul
         "auc": fit.auc,
         "watch_rmse": fit.watch_rmse,
         "response_history": fit.history,
+        # What one example of the learned leave / return models is: the env refuses a bundle without this.
+        "learned_unit": LEARNED_UNIT,
         "leave_in_dim": int(lfeat.shape[1]),
         "leave_fit": {"heldout_nll": lfit.heldout_nll, "constant_nll": lfit.constant_nll, "heldout_auc": lfit.heldout_auc},
         "return_in_dim": int(rfeat.shape[1]),
         "return_fit": {"heldout_nll": rfit.heldout_nll, "constant_nll": rfit.constant_nll,
                        "constant_probs": rfit.constant_probs, "n_train": rfit.n_train, "n_test": rfit.n_test},
+        "ensemble": ens_meta,
         "real": real,
     }
     meta["build_seconds"] = round(time.time() - t0, 1)
-    sim = Simulator(fit.model.eval(), lfit.model.eval(), rfit.model.eval(), tensors, meta, to_dict(cfg))
+    sim = Simulator(fit.model.eval(), lfit.model.eval(), rfit.model.eval(), tensors, meta, to_dict(cfg), members)
     log(f"[build] done in {meta['build_seconds']:.0f}s")
     return sim
+
+
+def _fit_members(cfg: BuildConfig, data: Interactions, t: pd.DataFrame, last_row: np.ndarray, prev_gap: np.ndarray,
+                 counts: torch.Tensor, length: torch.Tensor, censored: torch.Tensor, gap: torch.Tensor,
+                 test_users: np.ndarray, progress: bool, log) -> tuple[list, dict]:
+    """M bootstrap members (response model, learned return model), each on a resample of users with
+    replacement; the return model's held-out users stay out of every member's return fit."""
+    ec = cfg.ensemble
+    if ec.members <= 0:
+        return [], {"members": 0}
+    rcfg = replace(cfg.response, epochs=max(1, min(ec.epochs, cfg.response.epochs)))
+    session_user = t["user_id"].to_numpy()
+    members, aucs, nlls = [], [], []
+    t0 = time.time()
+    for m in range(ec.members):
+        seed = cfg.seed + 1000 + m
+        users = np.bincount(np.random.default_rng(seed).integers(0, data.n_users, data.n_users), minlength=data.n_users)
+        fit = train_response_model(data, rcfg, seed=seed, progress=progress, user_counts=users)
+        feat = session_features(fit.states_after[last_row], length, counts, torch.tensor(t["watch_time"].to_numpy()),
+                                torch.tensor(t["index_in_user"].to_numpy()), torch.tensor(prev_gap))
+        reps = np.where(test_users[session_user], 0, users[session_user])  # bootstrap of the training users' sessions
+        rfit = fit_learned_return(
+            feat, gap, censored, torch.tensor(t["observed_days"].to_numpy()), torch.tensor(test_users[session_user]),
+            cfg.max_return_day, seed=seed, epochs=ec.return_epochs,
+            train_index=torch.tensor(np.repeat(np.arange(len(t)), reps)),
+        )
+        members.append((fit.model.eval(), rfit.model.eval()))
+        aucs.append({b: v["model"] for b, v in fit.auc.items()})
+        nlls.append(rfit.heldout_nll)
+    click = [a.get("click") for a in aucs]
+    log(f"[build] ensemble of {ec.members} (bootstrap of users, {rcfg.epochs} epochs): held-out-day click AUC "
+        f"{', '.join('–' if c is None else f'{c:.3f}' for c in click)}; return held-out NLL "
+        f"{', '.join(f'{x:.4f}' for x in nlls)} ({time.time() - t0:.0f}s)")
+    return members, {"members": ec.members, "bootstrap": "users", "epochs": rcfg.epochs,
+                     "return_epochs": ec.return_epochs, "auc": aucs, "return_heldout_nll": nlls,
+                     "build_seconds": round(time.time() - t0, 1)}
 
 
 def build_and_save(cfg: BuildConfig, out: str | Path, progress: bool = True, log=print) -> Path:

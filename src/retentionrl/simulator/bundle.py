@@ -3,8 +3,9 @@
     BUNDLE/
       config.yaml   how it was built (dataset, seeds, response-model hyper-parameters)
       meta.json     sizes, behaviours, reward weights, fit reports (AUC table, leave / return held-out scores)
-      weights.pt    tensors only (response / leave / return weights, feature tables, initial histories,
-                    per-user return terms); loaded with ``torch.load(weights_only=True)``
+      weights.pt    tensors only (response / leave / return weights, the ensemble members' response and
+                    return weights, feature tables, initial histories, per-user return terms); loaded with
+                    ``torch.load(weights_only=True)``
 
 The directory is written to a temporary sibling and renamed into place, so a crash never leaves half a bundle.
 
@@ -38,11 +39,15 @@ from retentionrl.simulator.response import ResponseConfig, ResponseModel
 from retentionrl.simulator.returns import GeometricReturn, LearnedReturn
 
 FORMAT_VERSION = 1
+# The learned leave / return models' features are per exposure (any slate size); bundles built before this was
+# recorded in meta.json fitted them with one logged exposure standing for one request, and are refused.
+LEARNED_UNIT = "exposure"
 FILES = ("config.yaml", "meta.json", "weights.pt")
 #: meta.json fields that describe the build, not the simulator (left out of the fingerprint)
 VOLATILE_META = ("built_at", "build_seconds")
 #: hex digits of the fingerprint shown in messages and tables
 SHORT = 16
+_FEATURE_TABLES = ("user_cat", "user_num", "item_cat", "item_num")  # ResponseModel buffers
 TENSORS = ("init_items", "init_resp", "init_pad", "personal", "item_tag", "item_author", "test_users", "item_exposures")
 
 
@@ -54,8 +59,12 @@ class Simulator:
     """The learned user model plus the tables the environment needs. ``make_env`` gives a :class:`RetentionEnv`."""
 
     def __init__(self, response: ResponseModel, leave: LearnedLeave | None, returns: LearnedReturn | None,
-                 tensors: dict[str, Tensor], meta: dict[str, Any], build_config: dict[str, Any]) -> None:
+                 tensors: dict[str, Tensor], meta: dict[str, Any], build_config: dict[str, Any],
+                 members: list[tuple[ResponseModel, LearnedReturn]] | None = None) -> None:
         self.response, self.leave_model, self.return_model = response, leave, returns
+        # Bootstrap members (response, learned return): they only measure disagreement, never simulate.
+        self.members = list(members or [])
+        self._reference: dict[str, dict[str, float | None]] = {}  # logged-like disagreement by env config
         self.tensors, self.meta, self.build_config = tensors, meta, build_config
         for name in TENSORS:
             setattr(self, name, tensors[name])
@@ -120,11 +129,20 @@ class Simulator:
                 for r in (w.clamp(min=0).sum(), w.clamp(max=0).sum())]
         return days[0], days[1]
 
+    def _check_learned_unit(self, what: str) -> None:
+        unit = self.meta.get("learned_unit")
+        if unit != LEARNED_UNIT:
+            raise BundleError(
+                f"this bundle's learned {what} model was fitted with {'one exposure = one request' if unit is None else repr(unit)} "
+                f"features, not per exposure at any slate size; rebuild it with 'retentionrl simulator build'"
+            )
+
     def make_leave(self, cfg: EnvConfig, n: int):
         lc = cfg.leave
         if lc.kind == "learned":
             if self.leave_model is None:
                 raise RetentionRLError("this bundle has no learned leave model")
+            self._check_learned_unit("leave")
             return self.leave_model
         drop = lc.satisfaction_drop if lc.kind == "satisfaction" else 0.0
         return TemperLeave(n, lc.initial_temper, drop, float(self.meta["reference_reward"]))
@@ -134,6 +152,7 @@ class Simulator:
         if rc.kind == "learned":
             if self.return_model is None:
                 raise RetentionRLError("this bundle has no learned return model")
+            self._check_learned_unit("return")
             if cfg.max_return_day != self.return_model.max_day:
                 raise RetentionRLError(
                     f"the learned return model covers days 1..{self.return_model.max_day}; "
@@ -173,6 +192,10 @@ class Simulator:
             out.update({f"leave.{k}": v for k, v in self.leave_model.state_dict().items()})
         if self.return_model is not None:
             out.update({f"return.{k}": v for k, v in self.return_model.state_dict().items()})
+        for m, (resp, ret) in enumerate(self.members):
+            out.update({f"member{m}.response.{k}": v for k, v in resp.state_dict().items()
+                        if k not in _FEATURE_TABLES})  # members share the main model's feature tables
+            out.update({f"member{m}.return.{k}": v for k, v in ret.state_dict().items()})
         out.update({f"table.{k}": v for k, v in self.tensors.items()})
         return out
 
@@ -251,4 +274,12 @@ class Simulator:
                 raise ValueError(f"table '{name}' has {tables[name].shape[0]} rows, meta.json says {rows}")
         if response.item_cat.shape[0] != n_items or response.user_cat.shape[0] != n_users:
             raise ValueError("feature tables do not match n_users / n_items")
-        return cls(response.eval(), leave, ret, tables, meta, build_config)
+        members = []
+        for m in range(int((meta.get("ensemble") or {}).get("members", 0))):
+            member = ResponseModel(users, items, rcfg)
+            sd = part(f"member{m}.response.")
+            member.load_state_dict({**{k: resp_sd[k] for k in _FEATURE_TABLES}, **sd}, strict=True)
+            mret = LearnedReturn(int(meta["return_in_dim"]), int(meta["max_return_day"]))
+            mret.load_state_dict(part(f"member{m}.return."), strict=True)
+            members.append((member.eval(), mret.eval()))
+        return cls(response.eval(), leave, ret, tables, meta, build_config, members)

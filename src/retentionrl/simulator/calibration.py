@@ -3,7 +3,10 @@
 A *logged-like* policy samples slates in proportion to how often the logs exposed each item (Gumbel-top-K on
 ``log(exposures + 1)``), so the simulated users see roughly what the real users saw. We then compare, per
 session, the simulated session length, per-exposure behaviour rates and return day with the real ones stored in
-the bundle's ``meta["real"]``.
+the bundle's ``meta["real"]``. It runs at the slate size the benchmarks use (the preset's, 6) unless told
+otherwise, and says which. Session lengths are compared in exposures (a simulated session of n requests is
+n·K exposures, so at K > 1 real sessions shorter than K cannot be matched: that share is a floor on the TV) and
+also on the slate's grid (a real session of L exposures is ``ceil(L / K)`` requests).
 
 Return days need care: the logs cover a short window (11 days for KuaiRand), so a real return gap is observed
 only if it falls before the log ends. The real return-day histogram is therefore right-censored: long gaps are
@@ -103,7 +106,7 @@ class SimulatedSessions:
 
 def simulate_logged_like(
     sim, preset: str = "learned", n_users: int = 512, n_steps: int | None = 200, seed: int = 0,
-    slate_size: int = 1, n_sessions: int | None = None, max_steps: int | None = None,
+    slate_size: int | None = None, n_sessions: int | None = None, max_steps: int | None = None,
     popularity: Tensor | None = None, **env_overrides: Any,
 ) -> SimulatedSessions:
     """Run the logged-like policy on ``sim.make_env(preset, ...)`` and collect per-session statistics.
@@ -114,13 +117,16 @@ def simulate_logged_like(
     short sessions (a window cuts long ones off). ``max_steps`` caps the total steps (default: ``n_steps`` +
     2000, or 5000 with ``n_sessions``); admitted sessions still running then are counted in ``n_unfinished``.
 
-    ``slate_size = 1`` makes one request one exposure, as in the logs (and as the learned leave model assumes).
+    ``slate_size``: None keeps the preset's (6, what the benchmarks use); 1 makes one request one exposure, as
+    a log row. The learned leave / return models are per exposure, so either is within what they were fitted on.
     """
     if (n_steps is None) == (n_sessions is None):
         raise RetentionRLError("give exactly one of n_steps and n_sessions")
     if max_steps is None:
         max_steps = n_steps + 2000 if n_steps is not None else 5000
-    env = sim.make_env(preset, n_users=n_users, action_mode="items", slate_size=slate_size, **env_overrides)
+    if slate_size is not None:
+        env_overrides = {**env_overrides, "slate_size": slate_size}
+    env = sim.make_env(preset, n_users=n_users, action_mode="items", **env_overrides)
     policy = LoggedLikePolicy(item_popularity(sim, popularity), seed=seed + 1)
     B, K = env.B, env.K
     obs = env.reset(seed)
@@ -182,6 +188,17 @@ def censor_mask(return_days: Tensor, observed_days_hist: list[int] | Tensor, gen
     return return_days <= c
 
 
+def requests_histograms(real_exposure_hist: list[int], sim_requests: Tensor, slate_size: int) -> tuple[list[int], list[int]]:
+    """Session lengths on the slate's grid: (real, sim) counts of 1..R requests, the last bin R+ with
+    R = ceil(L / K) for the real histogram's last (open) bin L+. A real session of l exposures is ceil(l / K)."""
+    L, K = len(real_exposure_hist), slate_size
+    R = -(-L // K)
+    real = [0] * R
+    for l, c in enumerate(real_exposure_hist, 1):
+        real[min(-(-l // K), R) - 1] += c
+    return real, histogram(sim_requests, R)
+
+
 def histogram(values: Tensor, n_bins: int) -> list[int]:
     """Counts of values 1..n_bins, the last bin holding everything >= n_bins. values: (S,) long >= 1."""
     v = values.clamp(max=n_bins)
@@ -216,6 +233,7 @@ def compare(sim, stats: SimulatedSessions, seed: int = 0) -> dict[str, Any]:
     sim_ret_c = histogram(stats.return_days[keep], D)
     real_len = list(real["session_length_hist"])
     sim_len = histogram(stats.session_exposures, len(real_len))
+    real_req, sim_req = requests_histograms(real_len, stats.session_requests, stats.slate_size)
     sim_rates = stats.behaviour_rates
     rates = {
         b: {"real": real["behaviour_rates"].get(b), "sim": sim_rates[b],
@@ -236,6 +254,7 @@ def compare(sim, stats: SimulatedSessions, seed: int = 0) -> dict[str, Any]:
         "mean_return_day": {"real": _mean_day(real_ret), "sim": _mean_day(sim_ret),
                             "sim_censored": _mean_day(sim_ret_c), "real_uncapped": real.get("mean_return_day")},
         "session_length": {"real": real_len, "sim": sim_len},
+        "session_requests": {"real": real_req, "sim": sim_req},
         "mean_session_length": {"real": real["mean_session_length"],
                                 "sim": float(stats.session_exposures.float().mean()) if n else None,
                                 "sim_requests": float(stats.session_requests.float().mean()) if n else None},
@@ -243,6 +262,9 @@ def compare(sim, stats: SimulatedSessions, seed: int = 0) -> dict[str, Any]:
         "tv_return_day": _tv(sim_ret, real_ret),
         "tv_return_day_censored": _tv(sim_ret_c, real_ret),
         "tv_session_length": _tv(sim_len, real_len),
+        "tv_session_requests": _tv(sim_req, real_req),
+        # Real sessions shorter than one slate: no simulated session can match them (floor of tv_session_length).
+        "real_share_shorter_than_slate": sum(real_len[: stats.slate_size - 1]) / max(sum(real_len), 1),
     }
 
 
@@ -286,7 +308,9 @@ def _markdown(sim, res: dict[str, Any]) -> str:
         "| --- | ---: |",
         f"| TV return day (raw) | {_fmt(c['tv_return_day'])} |",
         f"| TV return day (censoring-matched) | {_fmt(c['tv_return_day_censored'])} |",
-        f"| TV session length | {_fmt(c['tv_session_length'])} |",
+        f"| TV session length (exposures; floor {_fmt(c['real_share_shorter_than_slate'], '.3f')}: real sessions "
+        f"shorter than the slate of {c['slate_size']}) | {_fmt(c['tv_session_length'])} |",
+        f"| TV session length (requests of {c['slate_size']}) | {_fmt(c['tv_session_requests'])} |",
         "",
         "### Return day (share of sessions with an observed return)",
         "",
@@ -358,14 +382,15 @@ def _bars(path: Path, labels: list[str], series: dict[str, list[float]], title: 
 
 def calibration_report(
     sim, out_dir: str | Path, preset: str = "learned", n_users: int = 512, seed: int = 0, n_steps: int | None = 200,
-    slate_size: int = 1, n_sessions: int | None = None, popularity: Tensor | None = None,
+    slate_size: int | None = None, n_sessions: int | None = None, popularity: Tensor | None = None,
     log: Callable[[str], None] | None = None, **env_overrides: Any,
 ) -> dict[str, Any]:
     """Simulate with the logged-like policy and write ``calibration.md``, ``calibration.json`` and the plots
     ``return_day.png``, ``session_length.png``, ``behaviour_rates.png`` to ``out_dir`` (each atomically).
 
     ``sim`` is a :class:`Simulator` or a bundle path. Sessions are admitted as in :func:`simulate_logged_like`
-    (``n_sessions``, when given, replaces ``n_steps``). Returns the JSON dict (keys include ``tv_return_day``,
+    (``n_sessions``, when given, replaces ``n_steps``); ``slate_size`` None is the preset's (6, as in the
+    benchmarks), and the report states the slate it ran. Returns the JSON dict (keys include ``tv_return_day``,
     ``tv_return_day_censored``, ``tv_session_length``).
     """
     if isinstance(sim, (str, Path)):
@@ -383,7 +408,7 @@ def calibration_report(
     comp = compare(sim, stats, seed=seed)
     m = sim.meta
     res: dict[str, Any] = {
-        "dataset": m.get("dataset"), "preset": preset, "n_users": n_users, "n_steps": n_steps,
+        "dataset": m.get("dataset"), "preset": preset, "slate_size": stats.slate_size, "n_users": n_users, "n_steps": n_steps,
         "n_sessions": n_sessions, "seed": seed,
         "popularity_source": source,
         "auc": m.get("auc"), "leave_fit": m.get("leave_fit"), "return_fit": m.get("return_fit"),
@@ -391,16 +416,17 @@ def calibration_report(
         "tv_return_day": comp["tv_return_day"],
         "tv_return_day_censored": comp["tv_return_day_censored"],
         "tv_session_length": comp["tv_session_length"],
+        "tv_session_requests": comp["tv_session_requests"],
     }
     D = comp["max_return_day"]
     rd = comp["return_day"]
     _bars(out / "return_day.png", [str(d) for d in range(1, D)] + [f"{D}+"],
           {"real": _shares(rd["real"]), "sim (raw)": _shares(rd["sim"]), "sim (censored)": _shares(rd["sim_censored"])},
-          f"Return day — {preset}", "share of sessions")
+          f"Return day — {preset}, slate {stats.slate_size}", "share of sessions")
     sl = comp["session_length"]
     L = len(sl["real"])
     _bars(out / "session_length.png", [str(k) for k in range(1, L)] + [f"{L}+"],
-          {"real": _shares(sl["real"]), "sim": _shares(sl["sim"])}, f"Session length (exposures) — {preset}",
+          {"real": _shares(sl["real"]), "sim": _shares(sl["sim"])}, f"Session length (exposures) — {preset}, slate {stats.slate_size}",
           "share of sessions")
     br = comp["behaviour_rates"]
     _bars(out / "behaviour_rates.png", list(br),
@@ -409,6 +435,6 @@ def calibration_report(
     write_json_atomic(out / "calibration.json", res)
     write_text_atomic(out / "calibration.md", _markdown(sim, res))
     if log is not None:
-        log(f"[calibration] {preset}: TV return day {_fmt(res['tv_return_day'], '.3f')} "
+        log(f"[calibration] {preset} at slate {stats.slate_size}: TV return day {_fmt(res['tv_return_day'], '.3f')} "
             f"(censored {_fmt(res['tv_return_day_censored'], '.3f')}), session length {_fmt(res['tv_session_length'], '.3f')}")
     return res

@@ -79,7 +79,7 @@ class EnvConfig:
 PRESETS: dict[str, dict] = {
     # KuaiSim's cross-session scripts: 6 sessions, D = 10, temper 5, bias 0.4, feedback 0.1, slate 6, 32 users.
     "kuaisim": {},
-    # Every part learned from the logs (one logged exposure = one request).
+    # Every part learned from the logs; leave and return models per exposure, so any slate size.
     "learned": {"leave": {"kind": "learned"}, "returns": {"kind": "learned"}},
 }
 
@@ -219,17 +219,24 @@ class RetentionEnv:
         self._acc_watch += watch.sum(1)
         self._acc_reward += reward
         session_reward = self._acc_reward.clone()
-        self._cache = self.model.extend(self._cache, slate, tokens, self.item_vecs)  # state after the request
+        learned_leave = not isinstance(self.leave, TemperLeave)
+        self._cache = self.model.extend(self._cache, slate, tokens, self.item_vecs, all_states=learned_leave)
 
-        end = self.leave.sample(reward, leave_features(self._state, o.step_in_session, y.mean(1)), self.gen)
+        # The learned leave model is a per-exposure hazard: features of each shown item k (the state after it,
+        # its position in the session in exposures, its responses), as in the logs where a row is an exposure.
+        lfeat = None
+        if learned_leave:
+            position = (o.step_in_session - 1)[:, None] * K + torch.arange(1, K + 1)  # (B, K)
+            lfeat = leave_features(self._cache.slate_states, position, y)
+        end = self.leave.sample(reward, lfeat, self.gen)
         return_day = torch.zeros(B, dtype=torch.long)
         ret_reward = torch.zeros(B)
         episode_end = torch.zeros(B, dtype=torch.bool)
         if end.any():
             e = end
             n_req = o.step_in_session[e]
-            feats = session_features(
-                self._state[e], n_req, self._acc_resp[e], n_req * K, self._acc_watch[e], o.session_index[e],
+            feats = session_features(  # in exposures (n_req * K), as the return model was fitted on the log
+                self._state[e], n_req * K, self._acc_resp[e], self._acc_watch[e], o.session_index[e],
                 o.days_since_last[e],
             )
             dist = self.returns.distribution(o.user[e], self._feedback(e, n_req), feats)

@@ -5,8 +5,12 @@
 * ``satisfaction`` (KuaiSim's whole-session env, made explicit): a disappointing slate costs extra temper,
   ``temper -= 1 + drop * clamp((r_ref - r) / r_ref, 0, 1)``, where ``r`` is the request's immediate reward and
   ``r_ref`` the reward of an average logged exposure. Good slates keep users longer.
-* ``learned``: ``P(leave | state after the request, step in session, the request's responses)``, an MLP fitted
-  on the logs' session ends (one logged exposure is taken as one request).
+* ``learned``: a per-*exposure* hazard ``h = P(session ends after this exposure | state after it, its position
+  in the session in exposures, its 7 responses)``, an MLP fitted on the logs' session ends (one example per
+  logged exposure). A request of K items is K exposures: the env evaluates ``h_k`` for each shown item (position
+  = exposures so far in the session, that item's responses, the state after it) and ends the session after
+  the request with ``P(end) = 1 - prod_k (1 - h_k)``, so the features mean the same at any slate size and a
+  slate of K is K requests of 1 with the session end checked only at the slate's boundary.
 """
 
 from __future__ import annotations
@@ -20,10 +24,14 @@ from retentionrl.nets.encoders import mlp
 from retentionrl.utils.scores import roc_auc
 
 
-def leave_features(state: Tensor, step_in_session: Tensor, mean_resp: Tensor) -> Tensor:
-    """state (B, D), step_in_session (B,) requests so far incl. this one (>= 1), mean_resp (B, 7) -> (B, D + 9)."""
-    s = step_in_session.float()
-    return torch.cat([state, mean_resp.float(), torch.log(s)[:, None], (s == 1).float()[:, None]], dim=1)
+def leave_features(state: Tensor, position: Tensor, resp: Tensor) -> Tensor:
+    """Features of one exposure; leading dims ``...`` are (N,) log rows or (B, K) shown items.
+
+    state (..., D) after the exposure, position (...) exposures so far in the session incl. this one (>= 1),
+    resp (..., 7) the exposure's responses -> (..., D + 9).
+    """
+    s = position.float()[..., None]
+    return torch.cat([state, resp.float(), torch.log(s), (s == 1).float()], dim=-1)
 
 
 class TemperLeave:
@@ -51,16 +59,21 @@ class LearnedLeave(nn.Module):
         self.register_buffer("std", torch.ones(in_dim))
 
     def forward(self, features: Tensor) -> Tensor:
-        """(B, F) -> (B,) leave logits."""
+        """(..., F) -> (...) per-exposure leave logits."""
         return self.net((features - self.mean) / self.std).squeeze(-1)
 
     def reset(self, mask: Tensor) -> None:  # stateless; same interface as TemperLeave
         return None
 
+    def end_probability(self, features: Tensor) -> Tensor:
+        """features (B, K, F) of a request's K exposures -> (B,) ``P(end) = 1 - prod_k (1 - h_k)``."""
+        log_stay = nn.functional.logsigmoid(-self(features)).sum(-1)  # log prod_k (1 - h_k), stable
+        return -torch.expm1(log_stay)
+
     @torch.no_grad()
     def sample(self, reward: Tensor, features: Tensor, generator: torch.Generator) -> Tensor:
-        """features (B, F) from :func:`leave_features` -> leave (B,) bool ~ Bernoulli(P(leave))."""
-        p = torch.sigmoid(self(features))
+        """features (B, K, F) from :func:`leave_features` -> leave (B,) bool ~ Bernoulli(P(end))."""
+        p = self.end_probability(features)
         return torch.rand(p.shape, generator=generator) < p
 
 

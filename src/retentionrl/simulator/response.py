@@ -90,10 +90,12 @@ class ResponseModel(nn.Module):
         iv = item_vecs[hist_items] if item_vecs is not None else self.item_vectors(hist_items)
         return self.history.init_cache(self.user_vectors(users), iv, hist_resp, pad)
 
-    def extend(self, cache: HistoryCache, items: Tensor, resp_tokens: Tensor, item_vecs: Tensor | None = None) -> HistoryCache:
-        """Append K exposures (B, K) with their (B, K, 8) response tokens; same states as a full re-encode."""
+    def extend(self, cache: HistoryCache, items: Tensor, resp_tokens: Tensor, item_vecs: Tensor | None = None,
+               all_states: bool = False) -> HistoryCache:
+        """Append K exposures (B, K) with their (B, K, 8) response tokens; same states as a full re-encode
+        (``all_states``: also the state after each of the K, in ``cache.slate_states`` (B, K, D))."""
         iv = item_vecs[items] if item_vecs is not None else self.item_vectors(items)
-        return self.history.extend(cache, iv, resp_tokens)
+        return self.history.extend(cache, iv, resp_tokens, all_states)
 
     def queries(self, state: Tensor) -> Tensor:
         """(..., D) -> (..., 8, D)."""
@@ -179,27 +181,35 @@ class ResponseFit:
     history: list[dict[str, float]]
 
 
-def train_response_model(data: Interactions, cfg: ResponseConfig, seed: int = 0, progress: bool = True) -> ResponseFit:
-    """Fit on all days but the last; report held-out-day AUC per behaviour."""
+def train_response_model(data: Interactions, cfg: ResponseConfig, seed: int = 0, progress: bool = True,
+                         user_counts: np.ndarray | None = None) -> ResponseFit:
+    """Fit on all days but the last; report held-out-day AUC per behaviour (on every user's last day).
+
+    ``user_counts`` (n_users,) ints: a bootstrap resample of users (an ensemble member) — each user's training
+    windows are used that many times per epoch (0: not at all). None: every user once.
+    """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     log = LogTensors(data)
     last_day = int(log.day.max())
     train_mask = log.day < last_day
     windows = make_windows(log.user.numpy(), cfg.window, cfg.targets_per_sequence)
+    pool = np.arange(len(windows.a))  # the training windows of one epoch
+    if user_counts is not None:
+        pool = np.repeat(pool, np.asarray(user_counts)[log.user.numpy()[windows.a]])
     model = ResponseModel(FeatureTensors.from_table(data.user_features), FeatureTensors.from_table(data.item_features), cfg)
     with torch.no_grad():  # start at the base rates: a calibrated model from step 0
         base = log.targets[train_mask].mean(0).clamp(1e-4, 1 - 1e-4)
         model.out_bias[: len(BEHAVIOURS)] = torch.log(base[:-1] / (1 - base[:-1]))
         model.out_bias[-1] = log.targets[train_mask, -1].mean()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n_batches = math.ceil(len(windows.a) / cfg.batch_size)
+    n_batches = math.ceil(len(pool) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=max(1, cfg.epochs * n_batches), pct_start=0.1)
     history = []
     bar = tqdm(total=cfg.epochs * n_batches, desc="response model", disable=None if progress else True, leave=False)  # None: off when not a terminal
     for epoch in range(cfg.epochs):
         model.train()
-        order = rng.permutation(len(windows.a))
+        order = pool[rng.permutation(len(pool))]
         tot, cnt = 0.0, 0
         for k in range(n_batches):
             idx = order[k * cfg.batch_size : (k + 1) * cfg.batch_size]

@@ -6,7 +6,8 @@
   switched off (``personal="none"``). ``r_session`` is the mean immediate reward over the session's requests
   (KuaiSim uses the last request only; the session mean is less noisy and is what "session feedback" means).
 * :class:`LearnedReturn`: an MLP classifier over ``1..D`` on end-of-session features
-  (:func:`session_features`), trained on real sessions with right-censoring: a censored session that was
+  (:func:`session_features`, measured in exposures, so they mean the same at any slate size), trained on real
+  sessions with right-censoring: a censored session that was
   watched for ``c`` days without a return contributes ``log Pr(d > c)``. Gaps ``>= D`` fall in class ``D``.
 """
 
@@ -80,29 +81,30 @@ class GeometricReturn:
         return truncated_geometric_probs(self.probability(users, session_reward, state), self.max_day)
 
 
-N_SESSION_FEATURES = 7 + 6
+N_SESSION_FEATURES = 7 + 5
 
 
 def session_features(
-    state: Tensor, n_requests: Tensor, resp_sums: Tensor, n_exposures: Tensor, watch_sum: Tensor,
-    session_index: Tensor, prev_gap: Tensor,
+    state: Tensor, n_exposures: Tensor, resp_sums: Tensor, watch_sum: Tensor, session_index: Tensor,
+    prev_gap: Tensor,
 ) -> Tensor:
-    """End-of-session features, computed the same way from logs and in the simulator.
+    """End-of-session features, computed the same way from logs and in the simulator, all in exposures (a
+    logged row is one exposure; a simulated request of K items is K): the session's length in exposures, its
+    per-exposure behaviour rates and watch seconds per exposure, so a slate size changes none of their ranges.
 
-    state (B, D) user state after the session; n_requests, n_exposures, watch_sum (seconds), session_index
+    state (B, D) user state after the session's last exposure; n_exposures, watch_sum (seconds), session_index
     (0-based), prev_gap (days since the previous session, 0 for the first): (B,); resp_sums (B, 7).
-    Returns (B, D + 13).
+    Returns (B, D + 12).
     """
     n_exp = n_exposures.clamp(min=1).float()
     rates = resp_sums.float() / n_exp[:, None]
     extra = torch.stack(
         [
-            torch.log1p(n_requests.float()),
-            torch.log1p(watch_sum.float() / n_requests.clamp(min=1).float()) / 5.0,
+            torch.log1p(n_exp),
+            torch.log1p(watch_sum.float() / n_exp) / 5.0,
             torch.log1p(session_index.float()),
             torch.log1p(prev_gap.float()),
             (prev_gap > 0).float(),
-            torch.log1p(n_exp),
         ],
         dim=1,
     )
@@ -151,9 +153,11 @@ class ReturnFit:
 
 def fit_learned_return(
     features: Tensor, gap: Tensor, censored: Tensor, observed_days: Tensor, test: Tensor, max_day: int,
-    seed: int = 0, epochs: int = 60, lr: float = 3e-3, batch_size: int = 2048,
+    seed: int = 0, epochs: int = 60, lr: float = 3e-3, batch_size: int = 2048, train_index: Tensor | None = None,
 ) -> ReturnFit:
-    """Fit on ``~test`` sessions; compare held-out NLL with the best constant distribution (also censoring-aware)."""
+    """Fit on ``~test`` sessions; compare held-out NLL with the best constant distribution (also censoring-aware).
+    ``train_index`` (n,) long: the training sessions of one epoch, repeats allowed (a bootstrap resample of
+    an ensemble member); None: every ``~test`` session once."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     train = ~test
@@ -162,7 +166,7 @@ def fit_learned_return(
     model.std.copy_(features[train].std(0).clamp(min=1e-4))
     const = torch.zeros(max_day, requires_grad=True)
     opt = torch.optim.Adam([*model.parameters(), const], lr=lr, weight_decay=1e-5)
-    idx = torch.nonzero(train).squeeze(1)
+    idx = torch.nonzero(train).squeeze(1) if train_index is None else train_index
     for _ in range(epochs):
         perm = idx[torch.randperm(len(idx), generator=g)]
         for k in range(0, len(perm), batch_size):
