@@ -18,6 +18,9 @@ sittings — rerun the same command; a cell whose config or bundle changed is re
   end as a detailed-balance step into the terminal state (``terminal_step: transition``, the default) and with
   the earlier anchor on the state before the last request (``state``), side by side -> ``runs/gfn-terminal-step``
   (labels ``<config>-transition`` / ``<config>-state``; t-tests against the old form of the full model).
+* ``learned``: TD3, SAC, CEM, RLUR, GFN4Retention, ranking and random x 5 seeds on the *learned* preset (leave
+  and return models fitted to the logs, in exposure units), with the ensemble-disagreement columns and the
+  measured leverage (every one-behaviour fusion policy, frozen) -> ``runs/learned-kuairand``.
 * ``random-state``: TD3, GFN4Retention (and its NIF ablation), ranking and random with KuaiSim's kind of return
   model — the personal term an untrained random linear map of the end-of-session state (``personal:
   random_state``) — to measure how much a policy can move return time when the return law depends on the state
@@ -47,6 +50,10 @@ TRAIN = REPO / "configs" / "train"
 BASELINES = ["td3", "sac", "din", "cem"]
 METHODS = [*BASELINES, "rlur", "gfn4retention"]
 LAMBDAS = [0.5, 0.7, 0.9, 1.0, 1.1, 1.3, 1.5]
+# The learned-preset table (issue 11, point 7): the methods and the two fixed policies, configs under configs/train.
+LEARNED = ["td3-kuaisim", "sac-kuaisim", "cem-kuaisim", "rlur-kuaisim", "gfn4retention-kuaisim", "ranking-kuaisim",
+           "random-kuaisim"]
+LEARNED_BASELINES = ["td3-kuaisim-learned", "sac-kuaisim-learned", "cem-kuaisim-learned"]
 RANDOM_STATE = ["td3-kuaisim", "gfn4retention-kuaisim", "ablations/gfn4retention-kuaisim-nif", "ranking-kuaisim",
                 "random-kuaisim"]  # configs under configs/train
 # GFN4Retention, Table 2 (last-1000-training-episodes protocol, KuaiSim, 100k steps).
@@ -77,9 +84,42 @@ def table(run_dirs: list[str], out: Path, baselines: list[str], extra: str = "")
     return md
 
 
+def learned_bounds(bundle: str, out: Path) -> str:
+    """Measured bounds of the learned preset's leverage (no closed form: its return law depends on the state the
+    policy shapes): the frozen evaluation of every one-behaviour fusion policy (+/- each of the 7 weights), of
+    click-ranking and of random, under the table's protocol. The spread of these return times is a lower bound
+    on the range any policy can reach. Cached in ``out/bounds.md`` (per bundle fingerprint)."""
+    from retentionrl.agents.base import FixedWeightsAgent, RandomAgent
+    from retentionrl.data.schema import BEHAVIOURS
+    from retentionrl.evaluation.protocol import EvalConfig, evaluate_policy
+    from retentionrl.simulator.bundle import Simulator
+
+    sim = Simulator.load(bundle)
+    cache = out / "bounds.md"
+    if cache.is_file() and sim.short_fingerprint in cache.read_text():
+        return cache.read_text()
+    ev = EvalConfig(preset="learned", n_users=256, n_episodes=512, seeds=[10_000, 10_001, 10_002])
+    policies = {f"{sign}{b}": FixedWeightsAgent([(1.0 if sign == "+" else -1.0) * (j == i) for j in range(7)])
+                for i, b in enumerate(BEHAVIOURS) for sign in "+-"}
+    policies["random"] = RandomAgent(seed=0)
+    rows = {name: evaluate_policy(agent, sim, ev)["mean"] for name, agent in policies.items()}
+    lo, hi = min(rows, key=lambda k: rows[k]["return_time"]), max(rows, key=lambda k: rows[k]["return_time"])
+    lines = [f"Measured leverage of the learned preset (bundle `{sim.short_fingerprint}`, same protocol): the 14 "
+             "one-behaviour fusion policies and random, frozen.", "",
+             "| policy | return time | retention | click | disagreement (click / return) |", "|---|---|---|---|---|"]
+    for name, m in sorted(rows.items(), key=lambda kv: kv[1]["return_time"]):
+        dis = f"{m.get('disagreement_click', float('nan')):.3f} / {m.get('disagreement_return', float('nan')):.3f}"
+        lines.append(f"| {name} | {m['return_time']:.3f} | {m['retention']:.3f} | {m['click_rate']:.3f} | {dis} |")
+    lines += ["", f"Spread: {rows[lo]['return_time']:.3f} ({lo}) to {rows[hi]['return_time']:.3f} ({hi}) days, "
+                  "a lower bound on what any policy can reach here.", ""]
+    text = "\n".join(lines)
+    write_text_atomic(cache, text)
+    return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    parts = ["kuairand", "movielens", "ablations", "sweep", "random-state", "terminal-step"]
+    parts = ["kuairand", "movielens", "ablations", "sweep", "random-state", "terminal-step", "learned"]
     ap.add_argument("--parts", nargs="+", default=parts, choices=parts)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -130,6 +170,12 @@ def main() -> None:
                     for label, config, over in gfn for step in ("transition", "state")]
         done = grid(variants, args.ablation_seeds, REPO / "runs" / "gfn-terminal-step", args.kuairand_bundle)
         print(table(done, results / "retention_terminal_step", ["gfn4retention-kuaisim-state"]))
+    if "learned" in args.parts:
+        over = {"preset": "learned"}
+        variants = [(f"{m}-learned", TRAIN / f"{m}.yaml", over) for m in LEARNED]
+        done = grid(variants, args.seeds, REPO / "runs" / "learned-kuairand", args.kuairand_bundle)
+        out = results / "retention_learned"
+        print(table(done, out, LEARNED_BASELINES, learned_bounds(args.kuairand_bundle, out)))
     if "random-state" in args.parts:
         over = {"env": {"returns": {"personal": "random_state"}}}
         variants = [(f"{Path(m).name}-random-state", TRAIN / f"{m}.yaml", over) for m in RANDOM_STATE]
