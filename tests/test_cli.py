@@ -53,6 +53,8 @@ def test_demo_runs_on_an_existing_bundle(tiny_sim, tmp_path):
     assert (bundle / "report" / "calibration.md").is_file()
     assert "| td3 " in out.stdout and "| ranking" in out.stdout and "return time" in out.stdout
     assert (tmp_path / "runs" / "compare" / "comparison.csv").is_file()
+    floor, ceiling = tiny_sim.return_time_range("kuaisim")  # the simulator's leverage, printed beside the table
+    assert f"below {floor:.3f} or above {ceiling:.3f} days" in out.stdout
 
 
 def test_train_cli_bad_input_is_one_line_and_writes_nothing(tiny_sim, tmp_path, capsys):
