@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,6 +14,7 @@ import yaml
 
 from retentionrl.cli import main
 from retentionrl.data import sample_dir
+from retentionrl.errors import RetentionRLError
 
 
 def _run(capsys, *argv) -> str:
@@ -266,6 +269,12 @@ def _train(capsys, tmp_path, bundle, text: str) -> str:
     ("algo: bc\nepochs: 0", ".epochs: must be an integer >= 1, got 0"),
     ("algo: bc\nn_log_users: 0", ".n_log_users: must be an integer >= 1, got 0"),
     ("algo: bc\nenv: {n_users: 8}", ".env.n_users: the training loop sets this itself"),
+    ("agent: {gamma: x}", ".agent.gamma: expected a number, got 'x'"),
+    ("agent: {gama: 0.9}", ".agent: unknown key 'gama' (allowed: "),
+    ("algo: random\nagent: {weights: 1}", ".agent: unknown key 'weights' (allowed: action_mode)"),
+    ("algo: td3x", ".algo: unknown algorithm 'td3x' (known: td3, "),
+    ("algo: bc\nbehaviour_agent: {gamma: 1}", ".behaviour_agent: unknown key 'gamma' (allowed: weights)"),
+    ("algo: bc\nbehaviour: rankin", ".behaviour: unknown algorithm 'rankin' (known: "),
 ])
 def test_bad_train_config_names_file_and_key(capsys, tmp_path, bundle, text, expect):
     steps = "" if text.startswith("algo: bc") else "total_steps: 3\n"
@@ -375,3 +384,219 @@ def test_closed_output_pipe_is_quiet(capsys, monkeypatch):
     monkeypatch.setattr("retentionrl.cli.cmd_data_stats", _raise(BrokenPipeError(32, "Broken pipe")))
     assert main(["data", "stats"]) == 141
     assert capsys.readouterr().err == ""
+
+
+# --- damaged run directories: a traceback (YAMLError, KeyError, JSONDecodeError) on the old code --------------
+
+TINY_RUN = ("algo: random\ntotal_steps: 4\nn_users: 2\nlog_every: 1\neval_every: 4\ncheckpoint_every: 2\n"
+            "eval: {n_users: 2, n_episodes: 2, seeds: [1]}\n")
+
+
+@pytest.fixture(scope="module")
+def finished_run(bundle, tmp_path_factory):
+    """A finished 4-step random run (metrics.jsonl has 5 lines: 4 train records and the final eval)."""
+    base = tmp_path_factory.mktemp("finished")
+    (base / "c.yaml").write_text(TINY_RUN)
+    assert main(["train", "--config", str(base / "c.yaml"), "--simulator", bundle, "--out", str(base / "run")]) == 0
+    return base / "run"
+
+
+def _copy_run(finished_run, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(finished_run, tmp_path / "run"))
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _fails(capsys, argv) -> str:
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+def _commands(run, bundle, tmp_path):
+    return {"evaluate": ["evaluate", run, "--simulator", bundle],
+            "resume": ["train", "--resume", run, "--simulator", bundle],
+            "compare": ["compare", run, "--out", tmp_path / "cmp"]}
+
+
+@pytest.mark.parametrize("command", ["evaluate", "resume", "compare"])
+@pytest.mark.parametrize(("text", "expect"), [
+    ("algo: [random\n", "config.yaml: not valid YAML: while parsing a flow sequence"),
+    ("- algo\n- random\n", "config.yaml: a config must be a YAML mapping"),
+    ("", "config.yaml: not a run config (no 'algo' and 'seed'; damaged or emptied?)"),
+])
+def test_damaged_run_config_names_the_file(capsys, tmp_path, bundle, finished_run, command, text, expect):
+    run = _copy_run(finished_run, tmp_path)
+    (run / "config.yaml").write_text(text)
+    before = _files(run)
+    assert _fails(capsys, _commands(run, bundle, tmp_path)[command]) == f"retentionrl: error: {run}/{expect}"
+    assert _files(run) == before and not (tmp_path / "cmp").exists()
+
+
+@pytest.mark.parametrize(("text", "expect"), [
+    ('{"eval": ', "not valid JSON (Expecting value at line 1, column 10)"),
+    ("[1, 2]", "not a run summary (no 'eval' results)"),
+])
+def test_damaged_summary_names_the_file(capsys, tmp_path, finished_run, text, expect):
+    run = _copy_run(finished_run, tmp_path)
+    (run / "summary.json").write_text(text)
+    msg = _fails(capsys, ["compare", run, "--out", tmp_path / "cmp"])
+    assert msg == f"retentionrl: error: {run}/summary.json: {expect}"
+    assert not (tmp_path / "cmp").exists()
+
+
+@pytest.mark.parametrize("command", ["resume", "compare"])
+@pytest.mark.parametrize(("bad", "expect"), [
+    ('{"step": 3, "event"', "line 3: not valid JSON (Expecting ':' delimiter at column 20)"),
+    ("[3]", "line 3: not a record with an integer 'step'"),
+    ('{"step": "3"}', "line 3: not a record with an integer 'step'"),
+])
+def test_bad_metrics_line_names_file_and_line(capsys, tmp_path, bundle, finished_run, command, bad, expect):
+    """A bad line before the last one is damage, not a crash's torn write: refused, naming the line."""
+    run = _copy_run(finished_run, tmp_path)
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    lines[2] = bad + "\n"
+    (run / "metrics.jsonl").write_text("".join(lines))
+    before = _files(run)
+    msg = _fails(capsys, _commands(run, bundle, tmp_path)[command])
+    assert msg == f"retentionrl: error: {run}/metrics.jsonl, {expect}"
+    assert _files(run) == before and not (tmp_path / "cmp").exists()
+
+
+def test_resume_drops_a_torn_last_metrics_line(capsys, tmp_path, bundle, finished_run):
+    """A crash mid-append leaves a last line without its newline; resuming replays that step, so it is dropped."""
+    cfg, run = tmp_path / "c.yaml", tmp_path / "run"
+    cfg.write_text(TINY_RUN)
+    argv = ["train", "--config", cfg, "--simulator", bundle, "--out", run]
+    assert main([str(a) for a in [*argv, "--stop-after", "2"]]) == 0
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 3, "event": "tr')
+    assert main(["train", "--resume", str(run), "--simulator", bundle]) == 0
+    capsys.readouterr()
+    def records(r):  # all but the wall-clock time
+        text = (r / "metrics.jsonl").read_text()
+        assert text.endswith("}\n")
+        return [{k: v for k, v in json.loads(ln).items() if k != "time"} for ln in text.splitlines()]
+
+    assert records(run) == records(finished_run)  # the torn step-3 record replaced by the replayed one
+
+
+def test_bad_agent_key_in_a_run_config_names_it(capsys, tmp_path, bundle, finished_run):
+    run = _copy_run(finished_run, tmp_path)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "agent": {"action_mode": 3, "x": 1}}))
+    assert _fails(capsys, ["evaluate", run, "--simulator", bundle]) == (
+        f"retentionrl: error: {run}/config.yaml.agent: unknown key 'x' (allowed: action_mode)")
+
+
+# --- train --stop-after: 0 or a negative count trained one step and exited 0 on the old code -------------------
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_stop_after_below_one_is_refused(capsys, tmp_path, bundle, value):
+    run = tmp_path / "run"
+    msg = _fails(capsys, ["train", "--algo", "random", "--simulator", bundle, "--out", run, "--stop-after", value])
+    assert msg == (f"retentionrl: error: --stop-after must be an integer >= 1 (steps or updates to run before "
+                   f"stopping), got {value}")
+    assert not run.exists()
+
+
+def test_train_function_refuses_stop_after_zero(tiny_sim, tmp_path):
+    from retentionrl.training.offline import OfflineTrainConfig, train_offline
+    from retentionrl.training.online import TrainConfig, train
+
+    with pytest.raises(RetentionRLError, match=r"^stop_after must be an integer >= 1 .*got 0$"):
+        train(TrainConfig(algo="random", total_steps=3), tiny_sim, tmp_path / "a", stop_after=0)
+    with pytest.raises(RetentionRLError, match=r"^stop_after must be an integer >= 1 .*got -1$"):
+        train_offline(OfflineTrainConfig(), tiny_sim, tmp_path / "b", stop_after=-1)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- a full disk: the one line named no file (torch.save) or a temporary file on the old code ------------------
+
+def _enospc(*_a, **_k):
+    raise OSError(28, "No space left on device")
+
+
+def _partial_then_full(real):
+    """``real`` writing half of its data, then the disk is full."""
+    def write(self, data, *a, **k):
+        real(self, data[: len(data) // 2], *a, **k)
+        raise OSError(28, "No space left on device")
+    return write
+
+
+def test_full_disk_while_checkpointing_keeps_the_last_checkpoint(capsys, tmp_path, bundle, monkeypatch):
+    import torch
+
+    cfg, run = tmp_path / "c.yaml", tmp_path / "run"
+    cfg.write_text(TINY_RUN)
+    assert main(["train", "--config", str(cfg), "--simulator", bundle, "--out", str(run), "--stop-after", "2"]) == 0
+    saved = (run / "checkpoints" / "last.pt").read_bytes()
+    real_save = torch.save
+
+    def save(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)  # the bytes go out, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("retentionrl.training.checkpoint.torch.save", save)
+    msg = _fails(capsys, ["train", "--resume", run, "--simulator", bundle])
+    assert msg == f"retentionrl: error: {run}/checkpoints/last.pt: cannot write: No space left on device"
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["last.pt"]  # no temporary file left
+    assert (run / "checkpoints" / "last.pt").read_bytes() == saved
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "summary.json"])
+def test_full_disk_while_writing_run_files(capsys, tmp_path, bundle, monkeypatch, name):
+    cfg, run = tmp_path / "c.yaml", tmp_path / "run"
+    cfg.write_text(TINY_RUN)
+    real = Path.write_text
+
+    def write_text(self, *a, **k):
+        if self.name.startswith(f".{name}."):  # atomic_path's temporary file
+            return _partial_then_full(real)(self, *a, **k)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    msg = _fails(capsys, ["train", "--config", cfg, "--simulator", bundle, "--out", run])
+    assert msg == f"retentionrl: error: {run}/{name}: cannot write: No space left on device"
+    if name == "config.yaml":
+        assert not run.exists()  # the run directory it created is removed again
+    else:
+        assert not (run / name).exists() and not list(run.glob(".*.tmp"))
+
+
+def test_full_disk_while_logging_leaves_no_half_record(capsys, tmp_path, bundle, monkeypatch):
+    import builtins
+    import io
+
+    cfg, run = tmp_path / "c.yaml", tmp_path / "run"
+    cfg.write_text(TINY_RUN)
+    real_open, opened = builtins.open, []
+
+    class Full(io.FileIO):  # the second metrics record: half of it fits, then the disk is full
+        def write(self, data):
+            if len(opened) < 2:
+                return super().write(data)
+            if not getattr(self, "_half", False):
+                self._half = True
+                return super().write(bytes(data[: len(data) // 2]))
+            raise OSError(28, "No space left on device")
+
+    def fake_open(path, mode="r", *a, **k):
+        if str(path).endswith("metrics.jsonl") and "a" in mode:
+            opened.append(path)
+            return Full(path, "ab")
+        return real_open(path, mode, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    msg = _fails(capsys, ["train", "--config", cfg, "--simulator", bundle, "--out", run])
+    assert msg == f"retentionrl: error: {run}/metrics.jsonl: cannot write: No space left on device"
+    monkeypatch.undo()
+    lines = (run / "metrics.jsonl").read_text().split("\n")
+    assert len(lines) == 2 and lines[1] == "" and json.loads(lines[0])["step"] == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 
 import numpy as np
 import pytest
@@ -177,7 +178,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt.torch, "save", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(RetentionRLError, match=f"^{re.escape(str(path))}: cannot write: disk full$"):  # names the file
         save_checkpoint(path, {"step": 2})
     monkeypatch.undo()
     state = load_checkpoint(path)

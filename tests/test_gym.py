@@ -49,7 +49,13 @@ def test_check_env_passes(tiny_sim):
     bad = [str(w.message) for w in caught if "not having a spec" not in str(w.message)]
     assert not bad, bad
     assert env.observation_space.shape == (len(observation_names(env.env)),)
-    assert np.isfinite(env.observation_space.low).all() and np.isfinite(env.observation_space.high).all()
+    for name, lo, hi in zip(observation_names(env.env), env.observation_space.low, env.observation_space.high):
+        if name.endswith("log_watch"):  # log1p(seconds) / 5, which the simulator's clamp keeps at <= 2.4
+            assert (lo, hi) == (0.0, 3.0), name
+        elif name.startswith("user_num_"):  # standardised, clipped to +-5
+            assert (lo, hi) == (-5.0, 5.0), name
+        else:  # behaviour rates, fill / progress / day fractions, category codes scaled to [0, 1]
+            assert (lo, hi) == (0.0, 1.0), name
 
 
 def test_single_env_episode(tiny_sim):

@@ -111,7 +111,7 @@ def run_cell(cell: Cell, threads: int | None = None) -> str:
                                f"(cell {cell.run_dir}); plan it again")
     config_cls, train = trainer_for(raw.get("algo", "td3"))
     cfg = from_dict(config_cls, raw, cell.config)
-    train(cfg, sim, run, resume=(run / "config.yaml").is_file(), progress=False)
+    train(cfg, sim, run, resume=(run / "config.yaml").is_file(), progress=False, where=str(cell.config))
     return cell.run_dir
 
 

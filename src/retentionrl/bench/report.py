@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from retentionrl.config import from_dict, to_dict
 from retentionrl.errors import RetentionRLError
 from retentionrl.evaluation.stats import compare_runs, mean_ci
 from retentionrl.simulator.bundle import SHORT
 from retentionrl.training import trainer_for
-from retentionrl.training.run import BUNDLE_KEY
+from retentionrl.training.run import BUNDLE_KEY, RunDir
 from retentionrl.utils.io import atomic_path, write_text_atomic
 
 #: metric -> (label, lower is better)
@@ -48,14 +46,12 @@ def load_runs(run_dirs: list[str | Path]) -> dict[str, list[dict[str, Any]]]:
     first: dict[str, Any] | None = None
     for d in run_dirs:
         d = Path(d)
-        if not (d / "config.yaml").is_file():
-            raise RetentionRLError(f"{d}: not a run directory (no config.yaml)")
-        if not (d / "summary.json").is_file():
-            raise RetentionRLError(f"{d}: the run has not finished (no summary.json; resume it with --resume)")
-        cfg = yaml.safe_load((d / "config.yaml").read_text())
-        summary = json.loads((d / "summary.json").read_text())
+        # A damaged config.yaml / summary.json is an error naming the file (RunDir's readers).
+        rd = RunDir(d)
+        cfg, record = rd.read_config()
+        summary = rd.read_summary()
         label = cfg.get("label") or cfg["algo"]
-        bundle = summary.get(BUNDLE_KEY) or cfg.get(BUNDLE_KEY)
+        bundle = summary.get(BUNDLE_KEY) or record
         eval_cfg = summary.get("eval_config") or _eval_config_of(cfg, d)
         run = {"seed": cfg["seed"], "eval": summary["eval"], "train_seconds": summary.get("train_seconds"), "dir": d,
                "bundle": bundle, "eval_config": eval_cfg, "eval_pool_users": summary.get("eval_pool_users")}
@@ -72,8 +68,7 @@ def load_runs(run_dirs: list[str | Path]) -> dict[str, list[dict[str, Any]]]:
 
 def _eval_config_of(cfg: dict[str, Any], d: Path) -> dict[str, Any]:
     """The resolved evaluation protocol of a run whose summary predates recording it (from its config.yaml)."""
-    raw = {k: v for k, v in cfg.items() if k != BUNDLE_KEY}
-    return to_dict(from_dict(trainer_for(raw.get("algo", "td3"))[0], raw, str(d / "config.yaml")).eval_config())
+    return to_dict(from_dict(trainer_for(cfg.get("algo", "td3"))[0], cfg, str(d / "config.yaml")).eval_config())
 
 
 def _check_comparable(a: dict[str, Any], b: dict[str, Any]) -> None:
@@ -158,14 +153,15 @@ def training_curves(runs: dict[str, list[dict[str, Any]]], path: Path, metric: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    curves: dict[str, dict[int, list[float]]] = {}
     for m, rs in runs.items():
-        by_step: dict[int, list[float]] = defaultdict(list)
+        by_step: dict[int, list[float]] = curves.setdefault(m, defaultdict(list))
         for r in rs:
-            for line in (r["dir"] / "metrics.jsonl").read_text().splitlines():
-                rec = json.loads(line)
+            for rec in RunDir(r["dir"]).read_metrics():  # a bad line: an error naming the file and line
                 if rec.get("event") == "eval" and rec.get(metric) is not None:
                     by_step[rec["step"]].append(rec[metric])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for m, by_step in curves.items():
         if by_step:
             steps = sorted(by_step)
             ax.plot(steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], marker="o", label=m)
@@ -190,9 +186,9 @@ def write_comparison(run_dirs: list[str | Path], out: str | Path, reference: str
         reference = best_method(among) if among else None
     md, table_csv, ref = comparison_table(runs, reference)
     out = Path(out)
+    training_curves(runs, out / "training_curves.png")  # first: it reads every metrics.jsonl before writing
     write_text_atomic(out / "comparison.md", md)
     write_text_atomic(out / "comparison.csv", table_csv)
-    training_curves(runs, out / "training_curves.png")
     return md, ref
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from retentionrl.agents import Agent, make_agent
+from retentionrl.agents import Agent
 from retentionrl.config import from_dict, merge
 from retentionrl.errors import RetentionRLError
 from retentionrl.simulator.bundle import Simulator
 from retentionrl.training.checkpoint import load_checkpoint
 from retentionrl.training.offline import OfflineTrainConfig, train_offline
 from retentionrl.training.online import TrainConfig, train
-from retentionrl.training.run import RunConfig, RunDir
+from retentionrl.training.run import RunConfig, RunDir, build_agent
 
 #: algorithms trained from logs (supervised / offline) rather than by interacting with the simulator
 OFFLINE_ALGOS = frozenset({"din", "bc"})
@@ -39,7 +39,7 @@ def load_trained(run_dir: str, sim: Simulator, eval_overrides: Any = None) -> tu
         raw["eval"] = merge(raw.get("eval", {}), eval_overrides)
     cfg = from_dict(trainer_for(raw.get("algo", "td3"))[0], raw, str(run.config))
     cfg.eval_config()  # a bad (merged) eval key fails here, naming the key, before the agent is built
-    agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed, env=cfg.env_config())
+    agent = build_agent(cfg.algo, sim, cfg.agent, cfg.seed, cfg.env_config(), str(run.config))
     if run.checkpoint.is_file():
         agent.load_state_dict(load_checkpoint(run.checkpoint)["agent"])
     return cfg, agent

@@ -20,7 +20,8 @@ from retentionrl.utils.io import atomic_path
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically: a crash or an exception mid-write leaves the previous file intact."""
+    """Write ``state`` to ``path`` atomically: a crash or an exception mid-write leaves the previous file intact;
+    a failed write (full disk) is a :class:`RetentionRLError` naming ``path`` (see :func:`atomic_path`)."""
     path = Path(path)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from retentionrl.agents import Agent, make_agent
+from retentionrl.agents import Agent
 from retentionrl.config import check_counts, to_dict
 from retentionrl.errors import RetentionRLError
 from retentionrl.evaluation.protocol import evaluate_policy
@@ -36,7 +36,7 @@ from retentionrl.simulator.env import EnvConfig
 from retentionrl.simulator.env import preset as make_preset
 from retentionrl.training.buffer import ReplayBuffer
 from retentionrl.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from retentionrl.training.run import RunConfig, RunDir
+from retentionrl.training.run import RunConfig, RunDir, build_agent, check_stop_after
 from retentionrl.utils.io import write_json_atomic
 
 #: Keys :func:`generate_logs` adds to the replay-buffer layout.
@@ -150,19 +150,21 @@ def _log_stats(logs: dict[str, Tensor]) -> dict[str, float]:
 
 
 def train_offline(cfg: OfflineTrainConfig, sim: Simulator, run_dir: str | Path, resume: bool = False,
-                  progress: bool = True, stop_after: int | None = None) -> dict[str, Any] | None:
+                  progress: bool = True, stop_after: int | None = None,
+                  where: str = "train config") -> dict[str, Any] | None:
     """Fit ``cfg.algo`` on logs of ``cfg.behaviour``; returns the summary, or None when ``stop_after`` (an update
     count) ends the call early with a checkpoint to ``resume`` from. Resuming on a simulator with another
-    fingerprint than the run's is refused."""
+    fingerprint than the run's is refused. Config errors start with ``where`` (the config file)."""
     # The agent from a freshly seeded global RNG; logging draws from its own streams (fork_rng), so neither
     # depends on the other. Everything is validated before the run directory is written.
-    cfg.validate()
+    cfg.validate(where)
+    check_stop_after(stop_after)
     torch.manual_seed(cfg.seed)
     env = cfg.env_config()  # what the agent acts in: its features' scales
-    agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed, env=env)
+    agent = build_agent(cfg.algo, sim, cfg.agent, cfg.seed, env, where)
     if not agent.learns:
         raise RetentionRLError(f"algorithm '{cfg.algo}' does not learn from data (nothing to train offline)")
-    behaviour = make_agent(cfg.behaviour, sim, cfg.behaviour_agent, seed=cfg.seed + 1, env=env)
+    behaviour = build_agent(cfg.behaviour, sim, cfg.behaviour_agent, cfg.seed + 1, env, where, key="behaviour_agent")
     eval_cfg = cfg.eval_config()
     logs = generate_logs(sim, behaviour, cfg.preset, cfg.n_log_users, cfg.log_steps, seed=cfg.seed, env=cfg.env,
                          explore=cfg.behaviour_explore)

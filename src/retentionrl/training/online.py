@@ -18,13 +18,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from retentionrl.agents import make_agent
 from retentionrl.config import check_counts, to_dict
 from retentionrl.evaluation.protocol import evaluate_policy
 from retentionrl.simulator.bundle import Simulator
 from retentionrl.training.buffer import ReplayBuffer
 from retentionrl.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from retentionrl.training.run import RunConfig, RunDir
+from retentionrl.training.run import RunConfig, RunDir, build_agent, check_stop_after
 from retentionrl.utils.io import write_json_atomic
 
 __all__ = ["RunConfig", "RunDir", "TrainConfig", "train"]  # RunConfig / RunDir live in training.run
@@ -45,13 +44,14 @@ class TrainConfig(RunConfig):
 
 
 def train(cfg: TrainConfig, sim: Simulator, run_dir: str | Path, resume: bool = False, progress: bool = True,
-          stop_after: int | None = None) -> dict[str, Any] | None:
+          stop_after: int | None = None, where: str = "train config") -> dict[str, Any] | None:
     """Train ``cfg.algo`` in ``sim``; returns the summary, or None when ``stop_after`` (a step count, e.g. to fit
     a job's time limit) ends the call early with a checkpoint to ``resume`` from. Resuming on a simulator with
-    another fingerprint than the run's is refused."""
-    cfg.validate()
+    another fingerprint than the run's is refused. Config errors start with ``where`` (the config file)."""
+    cfg.validate(where)
+    check_stop_after(stop_after)
     torch.manual_seed(cfg.seed)
-    agent = make_agent(cfg.algo, sim, cfg.agent, seed=cfg.seed, env=cfg.env_config())
+    agent = build_agent(cfg.algo, sim, cfg.agent, cfg.seed, cfg.env_config(), where)
     env = sim.make_env(cfg.preset, n_users=cfg.n_users, users="train", action_mode=agent.action_mode,
                        **cfg.env_overrides())
     eval_cfg = cfg.eval_config()

@@ -25,7 +25,8 @@ from typing import Any
 
 import yaml
 
-from retentionrl.config import ConfigError, check_counts, from_dict, merge, to_dict
+from retentionrl.agents import AGENTS, Agent, make_agent
+from retentionrl.config import ConfigError, check_counts, from_dict, load_yaml, merge, to_dict
 from retentionrl.errors import RetentionRLError
 from retentionrl.evaluation.protocol import EvalConfig
 from retentionrl.simulator.bundle import SHORT, Simulator
@@ -168,8 +169,14 @@ class RunDir:
             if run.config.exists():
                 raise RetentionRLError(f"{run.path}: already holds a run (use --resume to continue it)")
             run.bundle = bundle_record(sim, run.path)
+            created = not run.path.exists()
             run.path.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(run.config, yaml.safe_dump({**cfg_dict, BUNDLE_KEY: run.bundle}, sort_keys=False))
+            try:
+                write_text_atomic(run.config, yaml.safe_dump({**cfg_dict, BUNDLE_KEY: run.bundle}, sort_keys=False))
+            except RetentionRLError:
+                if created:  # a failed start leaves no empty run directory behind
+                    run.path.rmdir()
+                raise
         return run
 
     def check_is_run(self) -> None:
@@ -179,9 +186,9 @@ class RunDir:
     def read_config(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """(train config as saved, ``bundle`` record or None for a run made before runs recorded it)."""
         self.check_is_run()
-        raw = yaml.safe_load(self.config.read_text())
-        if not isinstance(raw, dict):
-            raise RetentionRLError(f"{self.config}: not a run config (a YAML mapping)")
+        raw = load_yaml(self.config)  # not YAML / not a mapping: an error naming the file
+        if not isinstance(raw.get("algo"), str) or not isinstance(raw.get("seed"), int):
+            raise RetentionRLError(f"{self.config}: not a run config (no 'algo' and 'seed'; damaged or emptied?)")
         record = pop_record(raw, self.config)
         self.bundle = record
         return raw, record
@@ -224,13 +231,95 @@ class RunDir:
         return {BUNDLE_KEY: self.bundle, "eval_config": to_dict(eval_cfg),
                 "eval_pool_users": len(sim.user_pool(eval_cfg.users))}
 
+    def read_summary(self) -> dict[str, Any]:
+        """``summary.json`` of a finished run; a damaged one is an error naming the file."""
+        if not self.summary.is_file():
+            raise RetentionRLError(f"{self.path}: the run has not finished (no summary.json; resume it with --resume)")
+        try:
+            summary = json.loads(self.summary.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RetentionRLError(f"{self.summary}: not valid JSON ({_reason(exc)})") from None
+        if not isinstance(summary, dict) or not isinstance(summary.get("eval"), dict):
+            raise RetentionRLError(f"{self.summary}: not a run summary (no 'eval' results)")
+        return summary
+
+    def read_metrics(self, drop_torn_tail: bool = False) -> list[dict[str, Any]]:
+        """The records of ``metrics.jsonl`` (none if it is missing). A line that is not a JSON record with an
+        integer ``step`` is an error naming the file and line, except, with ``drop_torn_tail``, a last line
+        without its newline: a record cut off by a crash (resuming replays it)."""
+        if not self.metrics.is_file():
+            return []
+        try:
+            text = self.metrics.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise RetentionRLError(f"{self.metrics}: not UTF-8 text (byte {exc.start})") from None
+        lines = text.split("\n")  # the last item is "" when the file ends with a newline
+        records = []
+        for i, ln in enumerate(lines, 1):
+            if not ln:
+                continue
+            try:
+                rec = json.loads(ln)
+                ok = isinstance(rec, dict) and isinstance(rec.get("step"), int)
+                why = "not a record with an integer 'step'"
+            except json.JSONDecodeError as exc:
+                ok, why = False, f"not valid JSON ({exc.msg} at column {exc.colno})"
+            if not ok:
+                if drop_torn_tail and i == len(lines):
+                    break
+                raise RetentionRLError(f"{self.metrics}, line {i}: {why}")
+            records.append(rec)
+        return records
+
     def log(self, record: dict[str, Any]) -> None:
-        with open(self.metrics, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+        """Append one record; a failed write (full disk) leaves the file as it was and names it."""
+        data = (json.dumps(record) + "\n").encode("utf-8")
+        try:
+            with open(self.metrics, "ab", buffering=0) as fh:  # unbuffered: every byte written is known
+                start = fh.tell()
+                try:
+                    done = 0
+                    while done < len(data):
+                        done += fh.write(data[done:])
+                except OSError:
+                    fh.truncate(start)  # no half record for the next reader
+                    raise
+        except OSError as exc:
+            raise RetentionRLError(f"{self.metrics}: cannot write: {exc.strerror or exc}") from None
 
     def truncate_metrics(self, step: int) -> None:
         """Drop records written after ``step`` (they belong to the part of the run being replayed)."""
         if not self.metrics.is_file():
             return
-        keep = [ln for ln in self.metrics.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-        write_text_atomic(self.metrics, "".join(k + "\n" for k in keep))
+        keep = [rec for rec in self.read_metrics(drop_torn_tail=True) if rec["step"] <= step]
+        write_text_atomic(self.metrics, "".join(json.dumps(rec) + "\n" for rec in keep))
+
+
+def _reason(exc: json.JSONDecodeError | UnicodeDecodeError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"byte {exc.start}: {exc.reason}"
+    return f"{exc.msg} at line {exc.lineno}, column {exc.colno}"
+
+
+def check_stop_after(stop_after: int | None, name: str = "stop_after") -> None:
+    """Refuse a ``stop_after`` below 1 (0 or a negative count would stop after the first step, not before it)."""
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
+        raise RetentionRLError(f"{name} must be an integer >= 1 (steps or updates to run before stopping), "
+                               f"got {stop_after!r}")
+
+
+def build_agent(algo: str, sim: Simulator, agent_cfg: dict[str, Any], seed: int, env: EnvConfig,
+                where: str = "train config", key: str = "agent") -> Agent:
+    """:func:`make_agent` whose errors name the train config file and its key: the agents' own ``build``
+    functions only know ``agent.<key>`` (``key`` is the section, ``behaviour_agent`` for offline logging)."""
+    if algo not in AGENTS:
+        name = "algo" if key == "agent" else key.removesuffix("_agent")
+        raise ConfigError(f"{where}.{name}: unknown algorithm '{algo}' (known: {', '.join(AGENTS)})")
+    try:
+        return make_agent(algo, sim, agent_cfg, seed=seed, env=env)
+    except RetentionRLError as exc:
+        msg = str(exc)
+        cls = ConfigError if isinstance(exc, ConfigError) else RetentionRLError
+        if msg.startswith(("agent.", "agent:")):  # 'agent.gamma: ...' / 'agent: unknown key ...'
+            raise cls(f"{where}.{key}{msg[len('agent'):]}") from None
+        raise cls(f"{where}: {msg}") from None

@@ -9,23 +9,31 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from retentionrl.errors import RetentionRLError
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it is renamed over ``path`` (atomic on POSIX)."""
+    """Yield a temporary path next to ``path``; on success it is renamed over ``path`` (atomic on POSIX).
+
+    An ``OSError`` while writing (a full disk, a read-only folder) is a :class:`RetentionRLError` naming ``path``,
+    not the temporary file, which is removed: ``path`` is either the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open() would
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open() would
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as exc:
+        raise RetentionRLError(f"{path}: cannot write: {exc.strerror or exc}") from exc
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 
