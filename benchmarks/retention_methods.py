@@ -36,7 +36,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from retentionrl.bench.grid import cells, run_grid
+from retentionrl.bench.grid import cells, run_selected
 from retentionrl.config import merge
 from retentionrl.bench.report import (
     load_runs,
@@ -127,15 +127,15 @@ def main() -> None:
     ap.add_argument("--movielens-bundle", default=str(REPO / "bundles" / "ml-100k"))
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--no-run", action="store_true", help="only rebuild the tables from finished runs")
+    ap.add_argument("--only", nargs="+", default=None, metavar="GLOB",
+                    help="run only the cells whose label matches one of these globs (the tables still read every "
+                         "finished cell), e.g. --only 'gfn4retention-kuaisim-lam*'")
     args = ap.parse_args()
     results = REPO / "docs" / "results"
     kr_runs = REPO / "runs" / "baselines-kuairand"
 
     def grid(configs, seeds, root, bundle) -> list[str]:
-        g = cells(configs, seeds, root, bundle)
-        if args.no_run:
-            return [c.run_dir for c in g if (Path(c.run_dir) / "summary.json").is_file()]
-        return run_grid(g, workers=args.workers)
+        return run_selected(cells(configs, seeds, root, bundle), args.workers, args.only, args.no_run)
 
     if "kuairand" in args.parts:
         done = grid([TRAIN / f"{m}-kuaisim.yaml" for m in METHODS], args.seeds, kr_runs, args.kuairand_bundle)

@@ -25,6 +25,7 @@ AGENTS: dict[str, str] = {
     "dqn": "retentionrl.agents.dqn:build",
     "rlur": "retentionrl.agents.rlur:build",
     "gfn4retention": "retentionrl.agents.gfn4retention:build",
+    "sec": "retentionrl.agents.sec:build",
     "ranking": "retentionrl.agents.base:build_ranking",
     "random": "retentionrl.agents.base:build_random",
 }

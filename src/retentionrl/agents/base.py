@@ -46,6 +46,11 @@ class Agent(ABC):
         """Refuse, with an error naming ``source``, logs this agent cannot learn from (offline agents; called
         once on the whole logs before training, so a per-batch accident is not mistaken for the data)."""
 
+    def prepare_logs(self, logs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The rows this agent trains on, called once on the whole logs after :meth:`check_logs` (and again on
+        resume: logs are regenerated, not checkpointed). Default: all of them. SEC keeps the expert rows."""
+        return logs
+
     def observe(self, obs: Obs, action: Tensor, out: StepOutput) -> dict[str, float]:
         """Called after every training step with what happened (on-policy / black-box agents such as CEM learn
         here). ``out.obs`` is the next observation after auto-reset."""
@@ -88,20 +93,31 @@ class FixedWeightsAgent(Agent):
 
 
 class RandomAgent(Agent):
-    """Uniform fusion weights in [0, 1]^7 (or uniform candidate scores); seeded for reproducibility."""
+    """Uniform fusion weights in [0, 1]^7 (or uniform candidate scores); seeded for reproducibility.
 
-    def __init__(self, action_mode: str = "fusion", n_behaviours: int = 7, seed: int = 0) -> None:
+    ``n_users`` (fusion mode): a population of fixed random policies instead, one per user — user u is always
+    served the same weights ``W[u]`` ~ U[0, 1]^7 — so that a user's logged return time reflects the policy it got
+    (the behaviour SEC's logs use: stratifying users by retention then also stratifies the policies)."""
+
+    def __init__(self, action_mode: str = "fusion", n_behaviours: int = 7, seed: int = 0,
+                 n_users: int | None = None) -> None:
         self.action_mode, self.nb = action_mode, n_behaviours
         self.gen = torch.Generator().manual_seed(seed)
+        if n_users is not None and action_mode != "fusion":
+            raise RetentionRLError("random: per_user needs action_mode fusion")
+        self.table = None if n_users is None else torch.rand(n_users, n_behaviours, generator=self.gen)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"gen": self.gen.get_state()}
+        return {"gen": self.gen.get_state(), "table": self.table}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.gen.set_state(state["gen"])
+        self.table = state.get("table")
 
     def act(self, obs: Obs, explore: bool = False) -> Tensor:
         B = obs.user.shape[0]
+        if self.table is not None:
+            return self.table[obs.user].clone()
         width = self.nb if self.action_mode == "fusion" else obs.candidates.shape[0]
         return torch.rand(B, width, generator=self.gen)
 
@@ -114,7 +130,11 @@ def build_ranking(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = N
 
 
 def build_random(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> RandomAgent:
-    unknown = sorted(set(cfg) - {"action_mode"})
+    unknown = sorted(set(cfg) - {"action_mode", "per_user"})
     if unknown:
-        raise RetentionRLError(f"agent: unknown key '{unknown[0]}' (allowed: action_mode)")
-    return RandomAgent(action_mode=cfg.get("action_mode", "fusion"), seed=seed)
+        raise RetentionRLError(f"agent: unknown key '{unknown[0]}' (allowed: action_mode, per_user)")
+    per_user = cfg.get("per_user", False)
+    if not isinstance(per_user, bool):
+        raise RetentionRLError(f"agent: per_user must be true or false, got {per_user!r}")
+    return RandomAgent(action_mode=cfg.get("action_mode", "fusion"), seed=seed,
+                       n_users=sim.n_users if per_user else None)

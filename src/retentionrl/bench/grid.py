@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
@@ -132,3 +133,16 @@ def run_grid(grid: list[Cell], workers: int = 1, log=print) -> list[str]:
     for done in run_parallel(partial(run_cell, threads=1 if workers > 1 else None), todo, workers):
         log(f"[grid] finished {done}")
     return [c.run_dir for c in grid if (Path(c.run_dir) / "summary.json").is_file()]
+
+
+def run_selected(grid: list[Cell], workers: int = 1, only: list[str] | None = None, no_run: bool = False,
+                 log=print) -> list[str]:
+    """The finished run directories of ``grid`` after running its unfinished cells — all of them, or only those
+    whose label matches one of the globs ``only`` (``no_run``: none). A table built from the result reads every
+    finished cell, so a grid can be filled part by part (e.g. ``only=["sec*"]`` beside reused baselines)."""
+    if not no_run:
+        chosen = grid if only is None else [c for c in grid if any(fnmatch(c.method, pat) for pat in only)]
+        if chosen:
+            run_grid(chosen, workers=workers, log=log)
+    return [c.run_dir for c in grid if (Path(c.run_dir) / "summary.json").is_file()]
+

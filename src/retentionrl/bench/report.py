@@ -32,6 +32,8 @@ METRICS: dict[str, tuple[str, bool]] = {
     "long_view_rate": ("long view ↑", False),
     "like_rate": ("like ↑", False),
     "session_length": ("session length", False),
+    "diversity_slate": ("tags / slate ↑", False),  # distinct item tags per slate (SEC's AER claims diversity)
+    "diversity_session": ("tags / session ↑", False),
     # Ensemble members' std on the visited states (where the simulator extrapolates; bundles with an ensemble).
     "disagreement_click": ("disagree. click", True),
     "disagreement_return": ("disagree. return", True),
@@ -193,9 +195,9 @@ def write_comparison(run_dirs: list[str | Path], out: str | Path, reference: str
 
 
 def sweep_plot(runs: dict[str, list[dict[str, Any]]], values: dict[str, float], path: Path, xlabel: str,
-               metrics: tuple[str, ...] = ("return_time", "click_rate")) -> str:
-    """One panel per metric: mean ± 95% CI over seeds against a swept parameter. ``values``: method -> x.
-    Writes the PNG and returns a markdown table of the same numbers."""
+               metrics: tuple[str, ...] = ("return_time", "click_rate"), log_x: bool = False) -> str:
+    """One panel per metric: mean ± 95% CI over seeds against a swept parameter. ``values``: method -> x
+    (``log_x``: a log axis). Writes the PNG and returns a markdown table of the same numbers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -210,6 +212,8 @@ def sweep_plot(runs: dict[str, list[dict[str, Any]]], values: dict[str, float], 
         err = [s["half_width"] or 0.0 for s in stats[metric]]
         ax.errorbar(xs, means, yerr=err, marker="o", capsize=3)
         ax.set_xlabel(xlabel)
+        if log_x:
+            ax.set_xscale("log")
         ax.set_ylabel(METRICS[metric][0])
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -170,10 +170,13 @@ def train_offline(cfg: OfflineTrainConfig, sim: Simulator, run_dir: str | Path, 
                          explore=cfg.behaviour_explore)
     agent.check_logs(logs, f"logs of '{cfg.behaviour}' on simulator '{sim.meta.get('dataset')}' "
                            f"({cfg.n_log_users} users x {cfg.log_steps} requests, seed {cfg.seed})")
+    raw_stats = _log_stats(logs)
+    n_rows = len(logs["reward"])
+    logs = agent.prepare_logs(logs)
     run = RunDir.open(run_dir, to_dict(cfg), resume, sim)
     batch_size = cfg.batch_size or agent.batch_size or 256
-    n_rows = len(logs["reward"])
-    sampler = EpochSampler(n_rows, batch_size, seed=cfg.seed + 3)
+    n_train = len(logs["reward"])
+    sampler = EpochSampler(n_train, batch_size, seed=cfg.seed + 3)
     total = cfg.total_updates if cfg.total_updates is not None else cfg.epochs * sampler.batches_per_epoch
     if total < 1:
         raise RetentionRLError(f"offline training needs at least one update (epochs/total_updates give {total})")
@@ -192,7 +195,7 @@ def train_offline(cfg: OfflineTrainConfig, sim: Simulator, run_dir: str | Path, 
     else:
         if resume:
             run.truncate_metrics(-1)  # nothing was checkpointed: replay from scratch, including the logs record
-        run.log({"step": 0, "event": "logs", "behaviour": cfg.behaviour, **_log_stats(logs)})
+        run.log({"step": 0, "event": "logs", "behaviour": cfg.behaviour, **raw_stats, "train_rows": n_train})
 
     t0 = time.time() - elapsed
     bar = tqdm(range(start, total), desc=f"{cfg.algo} offline seed {cfg.seed}", disable=None if progress else True,
@@ -227,7 +230,8 @@ def train_offline(cfg: OfflineTrainConfig, sim: Simulator, run_dir: str | Path, 
     bar.close()
     if last_eval is None:  # resumed a finished run
         last_eval = evaluate_policy(agent, sim, eval_cfg)["mean"]
-    summary = {"algo": cfg.algo, "seed": cfg.seed, "behaviour": cfg.behaviour, "log_rows": n_rows, "updates": total,
+    summary = {"algo": cfg.algo, "seed": cfg.seed, "behaviour": cfg.behaviour, "log_rows": n_rows,
+               "train_rows": n_train, "updates": total,
                "train_seconds": round(time.time() - t0, 1), "simulator": sim.meta.get("dataset"), "eval": last_eval,
                **run.provenance(sim, eval_cfg)}
     write_json_atomic(run.summary, summary)
