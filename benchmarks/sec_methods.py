@@ -9,7 +9,8 @@ GFN4Retention) are the same cells as ``benchmarks/retention_methods.py``'s (same
 directories), so a table reuses whatever that benchmark has finished; ``--only 'sec*' 'bc*'`` runs only SEC's
 and BC's cells and leaves the baselines to it. Writes ``docs/results/sec_<part>/``.
 
-* ``kuairand``: SEC and BC (on SEC's logs) x 5 seeds beside the baselines, KuaiSim preset, SEC's Table 1 beside.
+* ``kuairand``: SEC, BC (on SEC's logs), click-ranking and random x 5 seeds beside the baselines, KuaiSim
+  preset, SEC's Table 1 beside.
 * ``learned``: the same on the learned preset (leave and return laws fitted to the logs).
 * ``movielens``: the same on ``bundles/ml-100k``.
 * ``ablations``: SEC, w/o multi-level, w/o AER x 3 seeds, Table 2 beside.
@@ -81,7 +82,9 @@ def main() -> None:
     def grid(configs, seeds, root, bundle) -> list[str]:
         return run_selected(cells(configs, seeds, root, bundle), args.workers, args.only, args.no_run)
 
-    sec = [TRAIN / "sec-kuaisim.yaml", TRAIN / "bc-kuaisim-peruser.yaml"]
+    # SEC, BC on the same logs, and the two fixed policies (reference rows, not candidates for the t-test's reference).
+    sec = [TRAIN / "sec-kuaisim.yaml", TRAIN / "bc-kuaisim-peruser.yaml", TRAIN / "ranking-kuaisim.yaml",
+           TRAIN / "random-kuaisim.yaml"]
     base = [TRAIN / f"{m}-kuaisim.yaml" for m in [*BASELINES, *RETENTION]]
     if "kuairand" in args.parts:
         done = grid(sec, args.seeds, runs / "sec-kuairand", args.kuairand_bundle)
@@ -99,7 +102,8 @@ def main() -> None:
                     + ["bc-kuaisim-peruser-learned"]))
     if "movielens" in args.parts:
         ml = TRAIN / "movielens"
-        done = grid([ml / "sec-movielens.yaml", ("bc-movielens-peruser", TRAIN / "bc-kuaisim-peruser.yaml", {})],
+        done = grid([ml / "sec-movielens.yaml", ("bc-movielens-peruser", TRAIN / "bc-kuaisim-peruser.yaml", {}),
+                     ml / "ranking-movielens.yaml", ml / "random-movielens.yaml"],
                     args.seeds, runs / "sec-movielens", args.movielens_bundle)
         done += grid([ml / f"{m}-movielens.yaml" for m in [*BASELINES, *RETENTION]], args.seeds,
                      runs / "movielens-100k", args.movielens_bundle)

@@ -14,8 +14,8 @@ last-day exposures (and on every user's, for context) for
 * ``expert popularity`` — the same over the experts' training rows only (cloning experts with no state);
 * ``history frequency`` — the clusters of the state's H history items, ties and empty histories broken by
   popularity (how far "more of the same" goes);
-* the hooks ``bc_all`` and ``sec`` in :data:`POLICIES` (BC on all users, SEC on the expert levels): each takes a
-  :class:`Context` and returns (N_test, C) scores of the test rows, or None while it is not wired.
+* ``bc_all`` — behaviour cloning of the cluster on every user's training rows (one head, no AER);
+* ``sec`` — discrete SEC: levels 1-3 of experts, shared encoder, one head per level, AER, adaptive selection.
 
 The bundle is only read for encodings (profiles, item ids, history window, item vectors); it must have been
 built from the same log (checked).
@@ -33,9 +33,17 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from retentionrl.agents import make_agent
+from retentionrl.agents.base import FixedWeightsAgent
+from retentionrl.agents.sec import SEC, ClusterRanker
 from retentionrl.data import load_dataset
+from retentionrl.evaluation.protocol import EvalConfig, evaluate_policy
+from retentionrl.evaluation.stats import compare_runs, mean_ci
 from retentionrl.simulator.bundle import Simulator
+from retentionrl.spaces import obs_from_batch
+from retentionrl.training.offline import EpochSampler
 from retentionrl.training.real_logs import (
     ItemClusters, expert_users, item_clusters, last_day_split, popularity_probs, real_log_rows, select_rows,
     topk_cluster_accuracy, user_retention_from_rows,
@@ -79,20 +87,92 @@ def history_frequency(ctx: Context) -> Tensor:
     return counts + popularity(ctx)[None]
 
 
-def bc_all(ctx: Context) -> Tensor | None:
-    """Hook: behaviour cloning of the cluster action on all users' training rows (one head, no AER)."""
-    return None  # wired by the main session (agents/sec.py with one level over all users)
+def fit_discrete(ctx: Context, agent_cfg: dict, epochs: int) -> SEC:
+    """A discrete SEC (classes = item clusters) fitted on the training rows it keeps (``prepare_logs``)."""
+    agent = make_agent("sec", ctx.sim, {"action": "discrete", "n_actions": ctx.clusters.n_clusters, **agent_cfg},
+                       seed=ctx.seed)
+    rows = agent.prepare_logs(dict(ctx.train))
+    sampler = EpochSampler(len(rows["user"]), agent.batch_size, ctx.seed + 3)
+    for _ in tqdm(range(epochs * sampler.batches_per_epoch), desc="fit", disable=None):
+        idx = sampler.next()
+        agent.update({k: v[idx] for k, v in rows.items()})
+    return agent
 
 
-def sec(ctx: Context) -> Tensor | None:
-    """Hook: SEC — levels of experts by return day, shared encoder, one head per level, adaptive selection."""
-    return None  # wired by the main session (agents/sec.py)
+def class_scores(agent: SEC, rows: dict[str, Tensor]) -> Tensor:
+    """(N, C) class probabilities of ``rows``' states, in chunks."""
+    n = len(rows["user"])
+    return torch.cat([agent.class_probs(obs_from_batch({k: v[i:i + 4096] for k, v in rows.items()}))
+                      for i in range(0, n, 4096)])
+
+
+#: the learned policies: name -> SEC config (BC on all users = one level holding every user with a return)
+LEARNED = {"bc_all": lambda sim: {"levels": sim.max_return_day, "multi_level": False, "lam": 0.0},
+           "sec": lambda sim: {}}
+_FITTED: dict[tuple[str, int], SEC] = {}
+
+
+def learned(name: str, epochs: int) -> Callable[[Context], Tensor]:
+    def policy(ctx: Context) -> Tensor:
+        if (name, ctx.seed) not in _FITTED:
+            _FITTED[name, ctx.seed] = fit_discrete(ctx, LEARNED[name](ctx.sim), epochs)
+        return class_scores(_FITTED[name, ctx.seed], ctx.test)
+    return policy
+
+
+def simulate(sim: Simulator, clusters: ItemClusters, seeds: list[int], betas: list[float], presets: list[str],
+             say: Callable[[str], None]) -> None:
+    """The fitted SEC and BC-on-all-users as items-mode rankers (:class:`ClusterRanker`) in the simulator, frozen,
+    beside click-ranking (β = 0), under the standard protocol; Welch t-tests of SEC against BC at the same β."""
+    metrics = [("return_time", "return time ↓", True), ("retention", "retention ↑", False),
+               ("click_rate", "click ↑", False), ("diversity_session", "tags / session ↑", False),
+               ("disagreement_return", "disagree. return", True)]
+    for preset in presets:
+        ev = EvalConfig(preset=preset)
+        ranking = evaluate_policy(FixedWeightsAgent(), sim, ev)["mean"]
+        results: dict[str, list[dict]] = {"click-ranking": [ranking]}
+        for beta in betas:
+            for name in LEARNED:
+                results[f"{name} β={beta:g}"] = [
+                    evaluate_policy(ClusterRanker(_FITTED[name, s], clusters.labels, sim.response, beta), sim, ev)["mean"]
+                    for s in seeds]
+        say(f"Preset `{preset}` (bundle {sim.short_fingerprint}; {ev.n_episodes} held-out user episodes x "
+            f"{len(ev.seeds)} evaluation seeds; training seeds {', '.join(map(str, seeds))}):")
+        say()
+        say("| policy | seeds | " + " | ".join(m[1] for m in metrics) + " |")
+        say("|---|---|" + "---|" * len(metrics))
+        cols = {}
+        for key, _, lower in metrics:
+            for beta in betas:
+                vals = {f"{n} β={beta:g}": [r[key] for r in results[f"{n} β={beta:g}"]] for n in LEARNED}
+                for row in compare_runs(vals, f"bc_all β={beta:g}", lower):
+                    cols[row["method"], key] = row
+        for name, rows in results.items():
+            cells = []
+            for key, _, _ in metrics:
+                if name == "click-ranking":
+                    cells.append(f"{rows[0][key]:.3f}")
+                    continue
+                r = cols[name, key]
+                ci = f" ± {r['half_width']:.3f}" if r["half_width"] is not None else ""
+                cells.append(f"{r['mean']:.3f}{ci}{r['mark']}")
+            say(f"| {name} | {len(rows)} | " + " | ".join(cells) + " |")
+        say()
+        say("Mean ± 95% CI over training seeds; * p<0.05, ** p<0.01, *** p<0.001 (Welch, SEC against BC on all "
+            "users at the same β).")
+        say()
 
 
 POLICIES: dict[str, Callable[[Context], Tensor | None]] = {
     "popularity": popularity, "expert popularity": expert_popularity, "history frequency": history_frequency,
-    "bc_all": bc_all, "sec": sec,
 }
+
+
+def _level_shares(agent: SEC, rows: dict[str, Tensor]) -> Tensor:
+    obs = obs_from_batch(rows)
+    with torch.no_grad():
+        k = agent.levels_for(obs, agent.net.enc(obs))
+    return torch.bincount(k, minlength=agent.K).float() / len(k)
 
 
 def main() -> None:
@@ -105,6 +185,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--expert-max-day", type=float, default=3.0)
     ap.add_argument("--slate-size", type=int, default=6, help="exposures per request for step_in_session")
+    ap.add_argument("--epochs", type=int, default=2, help="passes over the training rows of BC and SEC")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="training seeds of BC and SEC")
+    ap.add_argument("--simulate", action="store_true", help="also evaluate them as rankers in the simulator")
+    ap.add_argument("--betas", type=float, nargs="+", default=[0.5, 1.0, 2.0], help="cluster weights (simulate)")
+    ap.add_argument("--presets", nargs="+", default=["kuaisim", "learned"], help="simulator presets (simulate)")
     ap.add_argument("--out", default=None, help="also write the report (markdown) here")
     args = ap.parse_args()
 
@@ -157,19 +242,29 @@ def main() -> None:
     say()
     say("| policy | " + " | ".join(f"{g} top-{k}" for g in groups for k in KS) + " |")
     say("|---|" + "---:|" * (len(groups) * len(KS)))
-    for name, policy in POLICIES.items():
+    for name, policy in {**POLICIES, **{n: learned(n, args.epochs) for n in LEARNED}}.items():
         cells = []
         for g, rows_g in groups.items():
-            ctx = Context(sim, clusters, train, rows_g, retention, experts, args.expert_max_day, args.seed)
-            scores = policy(ctx)
-            if scores is None:
-                cells += ["–"] * len(KS)
-                continue
-            acc = topk_cluster_accuracy(scores, rows_g["action"], KS)
-            cells += [f"{acc[k]:.3f}" for k in KS]
+            accs = {k: [] for k in KS}
+            for seed in (args.seeds if name in LEARNED else [args.seed]):
+                ctx = Context(sim, clusters, train, rows_g, retention, experts, args.expert_max_day, seed)
+                acc = topk_cluster_accuracy(policy(ctx), rows_g["action"], KS)
+                for k in KS:
+                    accs[k].append(acc[k])
+            for k in KS:
+                m = mean_ci(accs[k])
+                cells.append(f"{m['mean']:.3f}" + (f" ± {m['half_width']:.3f}" if m["half_width"] is not None else ""))
         say(f"| {name} | " + " | ".join(cells) + " |")
     say()
-    say("– : hook not wired yet (agents/sec.py).")
+    sec_agent = _FITTED["sec", args.seeds[0]]
+    say(f"BC on all users: one head over every user with an observed return; SEC: levels 1-3 by ceil(mean return "
+        f"day), AER lambda {sec_agent.cfg.lam:g}; both {args.epochs} epochs, Adam {sec_agent.cfg.lr:g}, batch "
+        f"{sec_agent.batch_size}. SEC's selection on the experts' test rows served levels "
+        + ", ".join(f"{k + 1}: {float(v):.2f}" for k, v in enumerate(_level_shares(sec_agent, groups["expert users"])))
+        + f" (seed {args.seeds[0]}). Learned rows: mean ± 95% CI over training seeds {', '.join(map(str, args.seeds))}.")
+    say()
+    if args.simulate:
+        simulate(sim, clusters, args.seeds, args.betas, args.presets, say)
     if args.out:
         write_text_atomic(args.out, "\n".join(lines) + "\n")
 

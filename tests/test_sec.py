@@ -236,3 +236,47 @@ def test_offline_run_of_sec_resumes_exactly(tiny_sim, tmp_path):
     read = lambda p: [{k: v for k, v in json.loads(x).items() if k != "time"}  # noqa: E731
                       for x in (p / "metrics.jsonl").read_text().splitlines()]
     assert read(tmp_path / "part") == read(tmp_path / "full")
+
+
+def test_cluster_ranker_scores_are_the_ranking_stage_times_the_expert_cluster_probability(tiny_sim):
+    from retentionrl.agents.sec import ClusterRanker
+
+    env = tiny_sim.make_env("kuaisim", n_users=8, users="train")
+    obs = env.reset(seed=0)
+    sec = make_agent("sec", tiny_sim, {**SMALL, "action": "discrete", "n_actions": 4, "multi_level": False})
+    labels = torch.arange(tiny_sim.n_items) % 4
+    ranker = ClusterRanker(sec, labels, tiny_sim.response, beta=0.0)
+    # beta 0: the click probability the env's click-ranking (fusion weights [1, 0, ...]) ranks by, item for item.
+    w = torch.tensor([[1.0, 0, 0, 0, 0, 0, 0]]).expand(8, -1)
+    with torch.no_grad():
+        ref = env._fusion_scores(env.model.queries(env._state)[:, :7], w.contiguous(), obs.candidates)
+    assert torch.allclose(ranker.act(obs).exp(), ref, atol=1e-5)
+    # beta 1 with an expert sure of cluster 2: the top of the ranking is cluster 2's items, in click order.
+    with torch.no_grad():
+        sec.net.heads.biases[-1][0] = torch.tensor([0.0, 0.0, 30.0, 0.0])
+    ranker.beta = 1.0
+    top = obs.candidates[ranker.act(obs).topk(6, dim=1).indices]
+    assert bool((labels[top] == 2).all())
+    in2 = obs.candidates[labels[obs.candidates] == 2]
+    best2 = in2[ref[:, labels[obs.candidates] == 2].topk(6, dim=1).indices]
+    assert torch.equal(top, best2)
+
+
+def test_discrete_sec_clones_each_level_class_where_bc_on_all_users_blurs_it(typed_logs):
+    """The cluster form: experts of type t were shown class t - 1 of 6, the others a uniform class. Head k puts
+    most of its mass on its class; one BC over everyone can put at most ~1/2 + 1/12 there."""
+    sim, logs, t, expert = typed_logs
+    g = torch.Generator().manual_seed(1)
+    logs = {**logs, "action": torch.where(expert, t - 1, torch.randint(0, 6, t.shape, generator=g))}
+    sec = make_agent("sec", sim, {**SMALL, "action": "discrete", "n_actions": 6, "lr": 1e-3}, seed=0)
+    _fit(sec, sec.prepare_logs(dict(logs)), 300)
+    bc = make_agent("sec", sim, {**SMALL, "action": "discrete", "n_actions": 6, "lr": 1e-3, "levels": 10,
+                                 "multi_level": False, "lam": 0.0}, seed=0)
+    train = bc.prepare_logs(dict(logs))
+    assert len(train["reward"]) == len(logs["reward"])  # every user has a return within 10 days: BC on all
+    _fit(bc, train, 300)
+    obs = obs_from_batch(logs)
+    with torch.no_grad():
+        p_sec = torch.softmax(sec.net.heads(sec.net.enc(obs), t - 1), 1).gather(1, (t - 1)[:, None]).squeeze(1)
+    p_bc = bc.class_probs(obs).gather(1, (t - 1)[:, None]).squeeze(1)
+    assert float(p_sec.mean()) > 0.85 and float(p_bc.mean()) < 0.7, (float(p_sec.mean()), float(p_bc.mean()))

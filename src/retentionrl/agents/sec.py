@@ -30,7 +30,8 @@ Training (offline, from logs):
 In the simulator r_h is the return gap that started the current session (``days_since_last``; the observation
 carries no longer history), none in a user's first session. Continuous SEC acts in fusion mode (the cloned
 fusion weights of the selected level). Discrete SEC (``action: discrete``, classes = item clusters, the paper's
-online form) exposes :meth:`SEC.class_probs`.
+online form) exposes :meth:`SEC.class_probs`; :class:`ClusterRanker` combines them with the ranking stage's
+scores into an items-mode policy.
 """
 
 from __future__ import annotations
@@ -339,6 +340,48 @@ class SEC(Agent):
         self.n_updates, self._fit_at = int(state["n_updates"]), int(state["fit_at"])
         self.centroids, self.valid, self.delta = state["centroids"], state["valid"], state["delta"]
         self.user_ids, self.user_level = state["user_ids"], state["user_level"]
+
+
+class ClusterRanker(Agent):
+    """Discrete SEC in the ranking stage (the paper's Fig. 7), an items-mode policy: every candidate's score is the
+    ranking stage's click probability times the selected expert's probability of the candidate's cluster,
+
+        score(i) = log σ(click logit(s, i)) + β · log p_k*(cluster(i) | s)                      (B, C)
+
+    The ranking stage is the bundle's response model (what the click-ranking baseline ranks by): β = 0 is click
+    ranking exactly, and β > 0 moves exposure towards the clusters the selected experts were shown."""
+
+    action_mode = "items"
+
+    def __init__(self, sec: SEC, labels: Tensor, response, beta: float = 1.0) -> None:
+        if sec.cfg.action != "discrete":
+            raise RetentionRLError("ClusterRanker needs a discrete SEC (action: discrete)")
+        self.sec, self.labels, self.response, self.beta = sec, labels, response.eval(), float(beta)
+        with torch.no_grad():
+            self.item_vecs = response.item_vectors()  # (N, D)
+            self.click_bias = response.item_bias.weight[:, 0] + response.out_bias[0]  # (N,)
+
+    @torch.no_grad()
+    def click_logits(self, obs: Obs) -> Tensor:
+        """(B, C) the response model's click logits of the candidates after each user's history."""
+        state = self.response.states(obs.user, obs.hist_items, obs.hist_resp, obs.hist_pad, self.item_vecs)[:, -1]
+        q = self.response.queries(state)[:, 0]  # (B, D) the click query
+        return q @ self.item_vecs[obs.candidates].T + self.click_bias[obs.candidates]
+
+    @torch.no_grad()
+    def act(self, obs: Obs, explore: bool = False) -> Tensor:
+        score = nn.functional.logsigmoid(self.click_logits(obs))
+        if self.beta:
+            p = self.sec.class_probs(obs)  # (B, n_clusters)
+            score = score + self.beta * torch.log(p[:, self.labels[obs.candidates]].clamp_min(1e-12))
+        return score
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sec": self.sec.state_dict(), "labels": self.labels, "beta": self.beta}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sec.load_state_dict(state["sec"])
+        self.labels, self.beta = state["labels"], float(state["beta"])
 
 
 def build(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> SEC:
