@@ -36,7 +36,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from retentionrl.bench.grid import cells, run_selected
+from retentionrl.bench.grid import cells, grid_arguments, run_selected
 from retentionrl.config import merge
 from retentionrl.bench.report import (
     load_runs,
@@ -76,12 +76,8 @@ def paper_table(dataset: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def table(run_dirs: list[str], out: Path, baselines: list[str], extra: str = "") -> str:
-    md, _ = write_comparison(run_dirs, out, reference_among=baselines)
-    if extra:
-        md = md + "\n" + extra
-        write_text_atomic(out / "comparison.md", md)
-    return md
+def table(run_dirs: list[str], out: Path, reference_among: list[str], extra: str = "") -> str:
+    return write_comparison(run_dirs, out, reference_among=reference_among, extra=extra)[0]
 
 
 def learned_bounds(bundle: str, out: Path) -> str:
@@ -119,17 +115,8 @@ def learned_bounds(bundle: str, out: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    parts = ["kuairand", "movielens", "ablations", "sweep", "random-state", "terminal-step", "learned"]
-    ap.add_argument("--parts", nargs="+", default=parts, choices=parts)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--kuairand-bundle", default=str(REPO / "bundles" / "kuairand-pure"))
-    ap.add_argument("--movielens-bundle", default=str(REPO / "bundles" / "ml-100k"))
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--no-run", action="store_true", help="only rebuild the tables from finished runs")
-    ap.add_argument("--only", nargs="+", default=None, metavar="GLOB",
-                    help="run only the cells whose label matches one of these globs (the tables still read every "
-                         "finished cell), e.g. --only 'gfn4retention-kuaisim-lam*'")
+    grid_arguments(ap, ["kuairand", "movielens", "ablations", "sweep", "random-state", "terminal-step", "learned"],
+                   {"kuairand": str(REPO / "bundles" / "kuairand-pure"), "movielens": str(REPO / "bundles" / "ml-100k")})
     args = ap.parse_args()
     results = REPO / "docs" / "results"
     kr_runs = REPO / "runs" / "baselines-kuairand"

@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from retentionrl.bench.grid import cells, run_selected
+from retentionrl.bench.grid import cells, grid_arguments, run_selected
 from retentionrl.bench.report import load_runs, sweep_plot, write_comparison
 from retentionrl.utils.io import write_text_atomic
 
@@ -57,24 +57,13 @@ def paper_table2() -> str:
 
 
 def table(run_dirs: list[str], out: Path, reference_among: list[str], extra: str = "") -> str:
-    md, _ = write_comparison(run_dirs, out, reference_among=reference_among)
-    if extra:
-        md = md + "\n" + extra
-        write_text_atomic(out / "comparison.md", md)
-    return md
+    return write_comparison(run_dirs, out, reference_among=reference_among, extra=extra)[0]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    parts = ["kuairand", "learned", "movielens", "ablations", "sweep", "clusters"]
-    ap.add_argument("--parts", nargs="+", default=parts, choices=parts)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--kuairand-bundle", default=str(REPO / "bundles" / "kuairand-pure"))
-    ap.add_argument("--movielens-bundle", default=str(REPO / "bundles" / "ml-100k"))
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--only", nargs="+", default=None, metavar="GLOB", help="run only the cells with these labels")
-    ap.add_argument("--no-run", action="store_true", help="only rebuild the tables from finished runs")
+    grid_arguments(ap, ["kuairand", "learned", "movielens", "ablations", "sweep", "clusters"],
+                   {"kuairand": str(REPO / "bundles" / "kuairand-pure"), "movielens": str(REPO / "bundles" / "ml-100k")})
     args = ap.parse_args()
     results = REPO / "docs" / "results"
     runs = REPO / "runs"

@@ -67,6 +67,20 @@ def tiny_sim(tmp_path_factory):
     return Simulator.load(path)
 
 
+def td3_config(steps: int, width: int, every: int, seed: int, n_users: int, eval_users: int, eval_seeds: list[int], **kw):
+    """A small online TD3 run config: 2-session episodes, ``steps`` steps (a quarter of them warm-up), networks of
+    ``width``, logs and checkpoints every ``every`` steps, evaluations at the middle and the end; ``kw``
+    overrides fields."""
+    from retentionrl.training.online import TrainConfig
+
+    base = dict(algo="td3", seed=seed, n_users=n_users, total_steps=steps, warmup_steps=steps // 4, log_every=every,
+                eval_every=steps // 2, checkpoint_every=every, env={"max_sessions": 2},
+                eval={"n_users": eval_users, "n_episodes": eval_users, "seeds": eval_seeds},
+                agent={"batch_size": width, "hidden": [width], "state_dim": width, "token_dim": max(8, width // 2)})
+    base.update(kw)
+    return TrainConfig(**base)
+
+
 def random_rollout(sim, steps: int, rows: int, n_users: int = 8, seed: int = 0):
     """(first obs, batch): ``steps`` steps of ``n_users`` training users acting with uniform [-1, 1]^7 weights in
     the KuaiSim preset (2 sessions of 5 requests), stored in a replay buffer; ``rows`` rows sampled from it."""

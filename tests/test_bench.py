@@ -127,3 +127,14 @@ def test_run_parallel_keeps_order_in_worker_processes():
 
     assert list(run_parallel(abs, [-3, 2, -1], workers=2)) == [3, 2, 1]
     assert list(run_parallel(abs, [-3, 2, -1], workers=1)) == [3, 2, 1]
+
+
+def test_run_selected_runs_only_the_matching_labels_and_returns_every_finished_cell(tiny_sim, tmp_path):
+    from retentionrl.bench.grid import run_selected
+
+    bundle = str(tiny_sim.save(tmp_path / "bundle"))
+    grid = cells(_configs(tmp_path), [0], tmp_path / "runs", bundle)  # labels "fixed", "rand"
+    assert run_selected(grid, only=["r*"], log=lambda *_: None) == [grid[1].run_dir]
+    assert run_selected(grid, no_run=True) == [grid[1].run_dir]  # nothing run, the finished cell returned
+    assert run_selected(grid, only=["nothing*"]) == [grid[1].run_dir]
+    assert run_selected(grid, log=lambda *_: None) == [grid[0].run_dir, grid[1].run_dir]

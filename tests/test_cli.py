@@ -86,3 +86,13 @@ def test_simulator_info_prints_the_fingerprint(tiny_sim, tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["fingerprint"] == tiny_sim.fingerprint and len(info["fingerprint"]) == 64
     assert info["n_users"] == tiny_sim.n_users and "real" not in info
+
+
+def test_simulator_info_of_a_synthetic_bundle_says_it_has_no_fit_scores(tmp_path, capsys):
+    from retentionrl.simulator.synthetic import make_synthetic_simulator
+
+    sim = make_synthetic_simulator(n_users=8, n_items=40, seed=0)
+    path = str(sim.save(tmp_path / "syn"))
+    assert main(["simulator", "info", path]) == 0
+    out = capsys.readouterr().out
+    assert "not built from a log" in out and sim.short_fingerprint in out and "held-out NLL" not in out

@@ -12,6 +12,8 @@ import torch
 import yaml
 
 from retentionrl.cli import main
+from conftest import td3_config
+
 from retentionrl.errors import RetentionRLError
 from retentionrl.simulator.bundle import Simulator
 from retentionrl.simulator.synthetic import make_synthetic_simulator
@@ -22,11 +24,8 @@ EVAL = {"n_users": 8, "n_episodes": 8, "seeds": [101]}
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(algo="td3", seed=1, n_users=4, total_steps=12, warmup_steps=4, log_every=4, eval_every=12,
-                checkpoint_every=4, env={"max_sessions": 2}, eval=EVAL,
-                agent={"batch_size": 8, "hidden": [8], "state_dim": 8, "token_dim": 8})
-    base.update(kw)
-    return TrainConfig(**base)
+    return td3_config(12, 8, 4, **{"seed": 1, "n_users": 4, "eval_users": 8, "eval_seeds": [101], "warmup_steps": 4,
+                                   "eval_every": 12, **kw})
 
 
 def _bundle(tmp_path: Path, name: str = "bundle", seed: int = 0) -> Simulator:

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import td3_config
+
 from retentionrl.errors import RetentionRLError
 from retentionrl.training.online import TrainConfig, train
 
@@ -15,11 +17,7 @@ EVAL = {"n_users": 16, "n_episodes": 16, "seeds": [101, 102]}
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(algo="td3", seed=3, n_users=8, total_steps=40, warmup_steps=10, log_every=10, eval_every=20,
-                checkpoint_every=10, env={"max_sessions": 2}, eval=EVAL,
-                agent={"batch_size": 32, "hidden": [32], "state_dim": 32, "token_dim": 16})
-    base.update(kw)
-    return TrainConfig(**base)
+    return td3_config(40, 32, 10, **{"seed": 3, "n_users": 8, "eval_users": 16, "eval_seeds": [101, 102], **kw})
 
 
 def _records(run):

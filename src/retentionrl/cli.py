@@ -74,13 +74,15 @@ def cmd_simulator_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"fingerprint": sim.fingerprint, **{k: v for k, v in m.items() if k != "real"}}, indent=2))
         return 0
-    print(f"{args.bundle}: {m['dataset']}, {m['n_users']:,} users, {m['n_items']:,} items, "
-          f"built in {m['build_seconds']}s with retentionrl {m['retentionrl_version']}")
+    built = (f", built in {m['build_seconds']}s with retentionrl {m.get('retentionrl_version', '?')}"
+             if "build_seconds" in m else " (not built from a log: no fit scores)")
+    print(f"{args.bundle}: {m['dataset']}, {m['n_users']:,} users, {m['n_items']:,} items{built}")
     print(f"fingerprint {sim.short_fingerprint} (what runs made on it record; --json for all 64 hex digits)")
-    print(_auc_table(m))
-    lf, rf = m["leave_fit"], m["return_fit"]
-    print(f"leave model   held-out NLL {lf['heldout_nll']:.4f}  (constant {lf['constant_nll']:.4f})")
-    print(f"return model  held-out NLL {rf['heldout_nll']:.4f}  (best constant {rf['constant_nll']:.4f})")
+    if "auc" in m:
+        print(_auc_table(m))
+    for name, key, const in (("leave model ", "leave_fit", "constant"), ("return model", "return_fit", "best constant")):
+        if key in m:
+            print(f"{name}  held-out NLL {m[key]['heldout_nll']:.4f}  ({const} {m[key]['constant_nll']:.4f})")
     return 0
 
 

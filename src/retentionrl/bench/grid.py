@@ -12,6 +12,7 @@ cells have finished.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -145,4 +146,20 @@ def run_selected(grid: list[Cell], workers: int = 1, only: list[str] | None = No
         if chosen:
             run_grid(chosen, workers=workers, log=log)
     return [c.run_dir for c in grid if (Path(c.run_dir) / "summary.json").is_file()]
+
+
+def grid_arguments(ap: argparse.ArgumentParser, parts: list[str], bundles: dict[str, str]) -> None:
+    """The command line every benchmark grid shares: ``--parts``, ``--seeds`` (tables, 5), ``--ablation-seeds``
+    (3), ``--<name>-bundle`` for each of ``bundles`` (name -> default path), ``--workers``, ``--only`` (globs of
+    labels to run; the tables read every finished cell) and ``--no-run``."""
+    ap.add_argument("--parts", nargs="+", default=parts, choices=parts)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
+    for name, default in bundles.items():
+        ap.add_argument(f"--{name}-bundle", default=default)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--only", nargs="+", default=None, metavar="GLOB",
+                    help="run only the cells whose label matches one of these globs (the tables still read every "
+                         "finished cell), e.g. --only 'sec*'")
+    ap.add_argument("--no-run", action="store_true", help="only rebuild the tables from finished runs")
 

@@ -178,15 +178,18 @@ def training_curves(runs: dict[str, list[dict[str, Any]]], path: Path, metric: s
 
 
 def write_comparison(run_dirs: list[str | Path], out: str | Path, reference: str | None = None,
-                     reference_among: list[str] | None = None) -> tuple[str, str]:
+                     reference_among: list[str] | None = None, extra: str = "") -> tuple[str, str]:
     """Write comparison.md / .csv / training_curves.png under ``out``; returns (markdown, reference). Without a
     ``reference``, the best method by return time is used, among ``reference_among`` when given (e.g. the
-    baselines, so a new method is tested against the best baseline)."""
+    baselines, so a new method is tested against the best baseline). ``extra`` (markdown, e.g. the paper's
+    table) is appended to comparison.md and to the markdown returned."""
     runs = load_runs(run_dirs)
     if reference is None and reference_among:
         among = {m: r for m, r in runs.items() if m in reference_among}
         reference = best_method(among) if among else None
     md, table_csv, ref = comparison_table(runs, reference)
+    if extra:
+        md = md + "\n" + extra
     out = Path(out)
     training_curves(runs, out / "training_curves.png")  # first: it reads every metrics.jsonl before writing
     write_text_atomic(out / "comparison.md", md)
