@@ -271,7 +271,7 @@ def _train(capsys, tmp_path, bundle, text: str) -> str:
     ("algo: bc\nenv: {n_users: 8}", ".env.n_users: the training loop sets this itself"),
     ("agent: {gamma: x}", ".agent.gamma: expected a number, got 'x'"),
     ("agent: {gama: 0.9}", ".agent: unknown key 'gama' (allowed: "),
-    ("algo: random\nagent: {weights: 1}", ".agent: unknown key 'weights' (allowed: action_mode)"),
+    ("algo: random\nagent: {weights: 1}", ".agent: unknown key 'weights' (allowed: action_mode, per_user)"),
     ("algo: td3x", ".algo: unknown algorithm 'td3x' (known: td3, "),
     ("algo: bc\nbehaviour_agent: {gamma: 1}", ".behaviour_agent: unknown key 'gamma' (allowed: weights)"),
     ("algo: bc\nbehaviour: rankin", ".behaviour: unknown algorithm 'rankin' (known: "),
@@ -492,7 +492,7 @@ def test_bad_agent_key_in_a_run_config_names_it(capsys, tmp_path, bundle, finish
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "agent": {"action_mode": 3, "x": 1}}))
     assert _fails(capsys, ["evaluate", run, "--simulator", bundle]) == (
-        f"retentionrl: error: {run}/config.yaml.agent: unknown key 'x' (allowed: action_mode)")
+        f"retentionrl: error: {run}/config.yaml.agent: unknown key 'x' (allowed: action_mode, per_user)")
 
 
 # --- train --stop-after: 0 or a negative count trained one step and exited 0 on the old code -------------------
