@@ -305,3 +305,22 @@ def test_sec_lowers_return_time_from_the_retention_signal_where_bc_and_click_ran
     closed = {name: (click - sum(expected_return_day_of_weights(sim, a, cfg) for a in agent.act(obs)) / 64) / (click - best)
               for name, agent in (("sec", sec), ("bc", bc))}
     assert closed["sec"] > 0.5 and closed["bc"] < 0.25, closed  # measured: 0.95 and 0.05
+
+
+def test_bad_sec_and_per_user_configs_are_one_line_errors(tmp_path, capsys):
+    from retentionrl.cli import main
+
+    sim = make_synthetic_simulator(n_users=8, n_items=40, seed=0)
+    bundle = str(sim.save(tmp_path / "syn"))
+    for i, (text, expect) in enumerate([
+        ("algo: sec\nagent: {levels: 0}\n", "agent: levels must be >= 1, got 0"),
+        ("algo: sec\nagent: {lvls: 3}\n", "unknown key 'lvls'"),
+        ("algo: random\nagent: {per_user: 'yes'}\n", "agent: per_user must be true or false, got 'yes'"),
+    ]):
+        cfg = tmp_path / f"bad{i}.yaml"
+        cfg.write_text(text)
+        out = tmp_path / f"run{i}"
+        assert main(["train", "--config", str(cfg), "--simulator", bundle, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expect in err and str(cfg) in err, err
+        assert not out.exists()

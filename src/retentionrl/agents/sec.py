@@ -158,7 +158,6 @@ class SECNet(nn.Module):
         super().__init__()
         self.enc = encoder(spec, cfg.state_dim, cfg.token_dim, cfg.encoder)
         self.heads = GroupedMLP([self.enc.out_dim, *cfg.hidden, out], levels)
-        self.levels = levels
 
     def forward(self, obs: Obs, level: Tensor) -> Tensor:
         return self.heads(self.enc(obs), level)
