@@ -304,7 +304,7 @@ def test_sec_lowers_return_time_from_the_retention_signal_where_bc_and_click_ran
     click, best = expected_return_day_of_weights(sim, CLICK, cfg), 1.5339
     closed = {name: (click - sum(expected_return_day_of_weights(sim, a, cfg) for a in agent.act(obs)) / 64) / (click - best)
               for name, agent in (("sec", sec), ("bc", bc))}
-    assert closed["sec"] > 0.5 and closed["bc"] < 0.25, closed  # measured: 0.95 and 0.05
+    assert closed["sec"] > 0.5 and closed["bc"] < 0.25, closed  # measured: 0.94 and 0.05
 
 
 def test_bad_sec_and_per_user_configs_are_one_line_errors(tmp_path, capsys):
