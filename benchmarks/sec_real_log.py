@@ -16,6 +16,8 @@ last-day exposures (and on every user's, for context) for
   popularity (how far "more of the same" goes);
 * ``bc_all`` — behaviour cloning of the cluster on every user's training rows (one head, no AER);
 * ``sec`` — discrete SEC: levels 1-3 of experts, shared encoder, one head per level, AER, adaptive selection.
+* ``sec_nearest`` — the same with ``delta_fraction: 0``: every state goes to its nearest level (the paper's
+  first-within-δ rule sends nearly every state to level 1 here; this row says whether that is what costs SEC).
 
 The bundle is only read for encodings (profiles, item ids, history window, item vectors); it must have been
 built from the same log (checked).
@@ -108,7 +110,7 @@ def class_scores(agent: SEC, rows: dict[str, Tensor]) -> Tensor:
 
 #: the learned policies: name -> SEC config (BC on all users = one level holding every user with a return)
 LEARNED = {"bc_all": lambda sim: {"levels": sim.max_return_day, "multi_level": False, "lam": 0.0},
-           "sec": lambda sim: {}}
+           "sec": lambda sim: {}, "sec_nearest": lambda sim: {"delta_fraction": 0.0}}
 _FITTED: dict[tuple[str, int], SEC] = {}
 
 
@@ -257,11 +259,14 @@ def main() -> None:
         say(f"| {name} | " + " | ".join(cells) + " |")
     say()
     sec_agent = _FITTED["sec", args.seeds[0]]
+    shares = {n: ", ".join(f"{k + 1}: {float(v):.2f}" for k, v in
+                           enumerate(_level_shares(_FITTED[n, args.seeds[0]], groups["expert users"])))
+              for n in ("sec", "sec_nearest")}
     say(f"BC on all users: one head over every user with an observed return; SEC: levels 1-3 by ceil(mean return "
         f"day), AER lambda {sec_agent.cfg.lam:g}; both {args.epochs} epochs, Adam {sec_agent.cfg.lr:g}, batch "
-        f"{sec_agent.batch_size}. SEC's selection on the experts' test rows served levels "
-        + ", ".join(f"{k + 1}: {float(v):.2f}" for k, v in enumerate(_level_shares(sec_agent, groups["expert users"])))
-        + f" (seed {args.seeds[0]}). Learned rows: mean ± 95% CI over training seeds {', '.join(map(str, args.seeds))}.")
+        f"{sec_agent.batch_size}. On the experts' test rows SEC's selection served levels {shares['sec']}, and "
+        f"with the nearest level (delta_fraction 0) {shares['sec_nearest']} (seed {args.seeds[0]}). Learned rows: "
+        f"mean ± 95% CI over training seeds {', '.join(map(str, args.seeds))}.")
     say()
     if args.simulate:
         simulate(sim, clusters, args.seeds, args.betas, args.presets, say)
