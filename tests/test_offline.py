@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch
 from retentionrl.agents import AGENTS
 from retentionrl.agents import bc as bc_mod
 from retentionrl.agents import din as din_mod
-from retentionrl.agents.base import FixedWeightsAgent, RandomAgent
+from retentionrl.agents.base import FixedWeightsAgent, GaussianBehaviour, RandomAgent
 from retentionrl.data.schema import BEHAVIOURS
 from retentionrl.errors import RetentionRLError
 from retentionrl.evaluation.metrics import roc_auc
@@ -204,3 +205,30 @@ def test_bc_of_the_known_best_policy_beats_random_on_the_synthetic_simulator():
     random = float(torch.tensor([expected_reward_of_weights(sim, torch.rand(7, generator=g)) for _ in range(64)]).mean())
     best = best_expected_reward(sim)
     assert (cloned - random) / (best - random) >= 0.5, (cloned, random, best)
+
+
+def test_generate_logs_stores_the_log_density_of_a_gaussian_behaviour(tiny_sim):
+    w, sigma = [1.0, 0.5, 0, 0, 0.2, 0, 0], 0.3
+    behaviour = GaussianBehaviour(FixedWeightsAgent(w), sigma)
+    a = generate_logs(tiny_sim, behaviour, "kuaisim", n_users=8, steps=10, seed=3, env=ENV)
+    b = generate_logs(tiny_sim, behaviour, "kuaisim", n_users=8, steps=10, seed=3, env=ENV)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # same seed, same logs
+    lp = a["behaviour_log_prob"]
+    assert lp.shape == (80,) and lp.dtype == torch.float32
+    # log N(a; w, σ² I_7) = -Σ_j (a_j - w_j)² / (2σ²) - 7 log σ - (7/2) log 2π, by hand from the logged actions.
+    z = a["action"] - torch.tensor(w)
+    hand = -(z**2).sum(1) / (2 * sigma**2) - 7 * math.log(sigma) - 3.5 * math.log(2 * math.pi)
+    torch.testing.assert_close(lp, hand, atol=1e-4, rtol=0)
+    # The logged actions are N(w, σ²): 560 draws, sd of the mean ≈ 0.013, of the sd ≈ 0.009.
+    assert z.mean().abs() < 0.05 and abs(float(z.std()) - sigma) < 0.04
+    c = generate_logs(tiny_sim, behaviour, "kuaisim", n_users=8, steps=10, seed=4, env=ENV)
+    assert not torch.equal(a["action"], c["action"])
+    # A behaviour without a density adds no key; the other keys are those of a density-free behaviour.
+    plain = generate_logs(tiny_sim, FixedWeightsAgent(w), "kuaisim", n_users=8, steps=10, seed=3, env=ENV)
+    assert "behaviour_log_prob" not in plain and set(a) - set(plain) == {"behaviour_log_prob"}
+    with pytest.raises(RetentionRLError, match="base agent must be a fusion agent"):
+        GaussianBehaviour(RandomAgent(action_mode="items"), 0.1)
+    with pytest.raises(RetentionRLError, match="sigma must be a positive number or 7 of them"):
+        GaussianBehaviour(FixedWeightsAgent(w), [0.1, 0.2])
+    with pytest.raises(RetentionRLError, match="sigma must be a positive number"):
+        GaussianBehaviour(FixedWeightsAgent(w), 0.0)

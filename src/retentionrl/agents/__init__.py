@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from retentionrl.agents.base import Agent, FixedWeightsAgent, RandomAgent
+from retentionrl.agents.base import Agent, FixedWeightsAgent, GaussianBehaviour, RandomAgent
 from retentionrl.errors import RetentionRLError
 from retentionrl.simulator.env import EnvConfig, preset
 
@@ -49,4 +49,4 @@ def make_agent(name: str, sim, cfg: dict[str, Any] | None = None, seed: int = 0,
     return getattr(import_module(module), func)(sim, dict(cfg or {}), seed, env)
 
 
-__all__ = ["AGENTS", "Agent", "FixedWeightsAgent", "RandomAgent", "make_agent"]
+__all__ = ["AGENTS", "Agent", "FixedWeightsAgent", "GaussianBehaviour", "RandomAgent", "make_agent"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -37,6 +38,17 @@ class Agent(ABC):
     @abstractmethod
     def act(self, obs: Obs, explore: bool = False) -> Tensor:
         ...
+
+    def act_log_prob(self, obs: Obs, explore: bool = False) -> tuple[Tensor, Tensor | None]:
+        """``act`` plus the log-density (B,) of the drawn action under the distribution it was drawn from, for
+        stochastic policies that know it (what :func:`~retentionrl.training.offline.generate_logs` stores as the
+        propensity); None otherwise (the default)."""
+        return self.act(obs, explore=explore), None
+
+    def log_prob(self, obs: Obs, action: Tensor) -> Tensor | None:
+        """Log-density (B,) of given actions (B, A) under this policy's action distribution (a target policy's
+        side of importance sampling); None when the policy has none of its own (the default)."""
+        return None
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
         """One gradient step from a replay batch (off-policy agents; called when ``learns``)."""
@@ -120,6 +132,59 @@ class RandomAgent(Agent):
             return self.table[obs.user].clone()
         width = self.nb if self.action_mode == "fusion" else obs.candidates.shape[0]
         return torch.rand(B, width, generator=self.gen)
+
+
+class GaussianBehaviour(Agent):
+    """A stochastic ("online-serving") fusion policy: ``a = μ(s) + σ ⊙ ε``, ε ~ N(0, I_7), with μ(s) the base
+    agent's deterministic action ``base.act(obs, explore=False)``; its log-density is known, so logs carry
+    propensities.
+
+    ``act`` always samples, whatever ``explore`` says: this policy *is* the stochastic one, and its value under
+    :func:`~retentionrl.evaluation.protocol.evaluate_policy` is the value of the stochastic policy (what an
+    off-policy estimate of it estimates). The noise comes from the global torch RNG, which ``generate_logs`` and
+    ``evaluate_policy`` seed (fork_rng), so the same seed gives the same actions. The action is not clipped (the
+    density is that of the drawn action; the env takes any finite weights).
+
+    The same construction gives a deterministic policy (TD3, DDPG, BC, ...) a density for importance sampling:
+    the target "Gaussian around its action with a chosen σ" (the usual convention for deterministic continuous
+    targets; the estimate is then of that smoothed policy, close to the deterministic one for small σ).
+    ``log_prob`` recomputes μ(s), so the base must be deterministic at ``explore=False`` (every learnt agent and
+    ``FixedWeightsAgent`` are; a ``RandomAgent`` without ``n_users`` is not)."""
+
+    def __init__(self, base: Agent, sigma: float | list[float]) -> None:
+        if getattr(base, "action_mode", "fusion") != "fusion":
+            raise RetentionRLError("GaussianBehaviour: base agent must be a fusion agent (action_mode 'fusion')")
+        s = torch.as_tensor(sigma, dtype=torch.float32)
+        if s.dim() > 1 or (s.dim() == 1 and len(s) != 7) or not (torch.isfinite(s) & (s > 0)).all():
+            raise RetentionRLError(f"GaussianBehaviour: sigma must be a positive number or 7 of them, got {sigma!r}")
+        self.base, self.sigma = base, s
+
+    def mean(self, obs: Obs) -> Tensor:
+        """(B, 7) μ(s): the base agent's deterministic action."""
+        return self.base.act(obs, explore=False).float()
+
+    def act(self, obs: Obs, explore: bool = False) -> Tensor:
+        return self.act_log_prob(obs, explore)[0]
+
+    def act_log_prob(self, obs: Obs, explore: bool = False) -> tuple[Tensor, Tensor]:
+        mu = self.mean(obs)
+        eps = torch.randn(mu.shape)
+        return mu + self.sigma * eps, self._log_density(eps)
+
+    def log_prob(self, obs: Obs, action: Tensor) -> Tensor:
+        return self._log_density((action.float() - self.mean(obs)) / self.sigma)
+
+    def _log_density(self, z: Tensor) -> Tensor:
+        """(B, 7) standardised residuals -> (B,) Σ_j log N(a_j; μ_j, σ_j²)."""
+        log_norm = self.sigma.log() + 0.5 * math.log(2 * math.pi)
+        return (-0.5 * z.square() - log_norm).sum(-1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"base": self.base.state_dict(), "sigma": self.sigma.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.base.load_state_dict(state["base"])
+        self.sigma = state["sigma"].clone()
 
 
 def build_ranking(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> FixedWeightsAgent:

@@ -1,1 +1,1 @@
-"""Evaluation stage: metrics, protocol, statistics."""
+"""Evaluation stage: metrics, protocol, statistics, off-policy evaluation (ope, propensity)."""

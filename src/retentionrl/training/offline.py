@@ -55,7 +55,10 @@ def generate_logs(sim: Simulator, behaviour_agent: Agent, preset: str | EnvConfi
     ``session_end``, ``episode_end`` (N,) bool, ``return_day`` (N,) long — plus ``slate`` (N, K) long item ids,
     ``responses`` (N, K, 7) float 0/1 and ``watch_time`` (N, K) float. ``action`` is the (N, 7) fusion weights
     for a fusion-mode behaviour and the (N, K) shown slate for an items-mode one (its (C,) score vectors would be
-    ~C/K times larger and are not needed: the slate is what was decided).
+    ~C/K times larger and are not needed: the slate is what was decided). A behaviour that knows the density of
+    its actions (``act_log_prob`` returns one, e.g. :class:`~retentionrl.agents.base.GaussianBehaviour`) adds
+    ``behaviour_log_prob`` (N,) float, the log-density of each logged action: the propensity for off-policy
+    evaluation.
 
     ``preset`` is a preset name (with ``env`` overrides) or an :class:`EnvConfig` (``n_users``/``users``/
     ``action_mode`` are set here). The environment is seeded with ``seed`` and the behaviour agent acts under a
@@ -74,8 +77,13 @@ def generate_logs(sim: Simulator, behaviour_agent: Agent, preset: str | EnvConfi
         action_shape = (7,) if mode == "fusion" else (e.K,)
         buffer = ReplayBuffer(n_users * steps, obs, action_shape, torch.float32 if mode == "fusion" else torch.long)
         extra: dict[str, list[Tensor]] = {k: [] for k in LOG_EXTRA}
+        log_probs: list[Tensor | None] = []
         for _ in range(steps):
-            action = behaviour_agent.act(obs, explore=explore)
+            if hasattr(behaviour_agent, "act_log_prob"):  # an Agent; a bare act() policy has no density
+                action, log_prob = behaviour_agent.act_log_prob(obs, explore=explore)
+            else:
+                action, log_prob = behaviour_agent.act(obs, explore=explore), None
+            log_probs.append(log_prob)
             out = e.step(action)
             buffer.add(obs, action if mode == "fusion" else out.slate, out)
             extra["slate"].append(out.slate)
@@ -84,6 +92,14 @@ def generate_logs(sim: Simulator, behaviour_agent: Agent, preset: str | EnvConfi
             obs = out.obs
     logs = dict(buffer.data)  # filled exactly (capacity = rows), oldest first
     logs.update({k: torch.cat(v, 0) for k, v in extra.items()})
+    known = [lp is not None for lp in log_probs]
+    if any(known) and not all(known):
+        raise RetentionRLError(f"generate_logs: the behaviour agent gave a log-density at {sum(known)} of {steps} "
+                               "steps (all or none)")
+    if all(known):
+        if mode != "fusion":  # a density of candidate scores is not the propensity of the logged slate
+            raise RetentionRLError("generate_logs: an items-mode behaviour's log-density is not stored (not a slate's)")
+        logs["behaviour_log_prob"] = torch.cat(log_probs, 0).float()
     return logs
 
 
