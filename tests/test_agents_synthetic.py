@@ -31,7 +31,8 @@ ENV = {"max_sessions": 2}
 EVAL = {"n_users": 64, "n_episodes": 64, "seeds": [101, 102], "env_overrides": ENV}
 BASELINES = ("ranking", "random")  # fixed policies: no margin over random is expected of them
 IMITATION = {"bc": "clones logged actions: there is no reward for it to learn from online",
-             "sec": "clones the logged actions of the users who returned soonest (tests/test_sec.py)"}
+             "sec": "clones the logged actions of the users who returned soonest (tests/test_sec.py)",
+             "gaussian": "a fixed stochastic logging policy (propensities for OPE, tests/test_ope.py): nothing to learn"}
 MARGIN = 0.5  # share of the random -> optimum gap every learning agent must close
 
 # Keys an agent does not have are dropped (see _agent_cfg); immediate reward only, small and fast networks.

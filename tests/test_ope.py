@@ -243,3 +243,23 @@ def test_fitted_behaviour_model_recovers_the_stored_log_density(tiny_sim):
         fit.log_prob(torch.zeros(4, 2), torch.zeros(4, 7))
     with pytest.raises(RetentionRLError, match="holdout must be in"):
         fit_behaviour(x, logs["action"], holdout=1.0)
+
+
+def test_gaussian_logging_policy_from_a_config(tiny_sim):
+    """``behaviour: gaussian`` in a train config: a Gaussian around a fixed policy whose logs carry propensities;
+    configs that would make its mean action stochastic or unknown are one-line errors."""
+    from retentionrl.agents import make_agent
+    from retentionrl.errors import RetentionRLError
+
+    agent = make_agent("gaussian", tiny_sim, {"base": "ranking", "base_agent": {"weights": [1, 0, 0, 0, 0, 0, 0]},
+                                               "sigma": 0.5})
+    logs = generate_logs(tiny_sim, agent, "kuaisim", n_users=4, steps=5, seed=3)
+    z = (logs["action"] - torch.tensor([1.0, 0, 0, 0, 0, 0, 0])) / 0.5
+    expected = (-0.5 * z.square() - math.log(0.5) - 0.5 * math.log(2 * math.pi)).sum(1)
+    assert torch.allclose(logs["behaviour_log_prob"], expected, atol=1e-5)
+    per_user = make_agent("gaussian", tiny_sim, {"base": "random", "base_agent": {"per_user": True}, "sigma": 0.1})
+    assert "behaviour_log_prob" in generate_logs(tiny_sim, per_user, "kuaisim", n_users=4, steps=2)
+    for bad, msg in (({"base": "random"}, "per_user: true"), ({"base": "td3"}, "base must be one of"),
+                     ({"sigma": -1}, "sigma must be a positive"), ({"weights": [1]}, "unknown key 'weights'")):
+        with pytest.raises(RetentionRLError, match=msg):
+            make_agent("gaussian", tiny_sim, bad)

@@ -28,6 +28,7 @@ AGENTS: dict[str, str] = {
     "sec": "retentionrl.agents.sec:build",
     "ranking": "retentionrl.agents.base:build_ranking",
     "random": "retentionrl.agents.base:build_random",
+    "gaussian": "retentionrl.agents.base:build_gaussian",  # a stochastic logging policy with known propensities
 }
 
 

@@ -203,3 +203,21 @@ def build_random(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = No
         raise RetentionRLError(f"agent: per_user must be true or false, got {per_user!r}")
     return RandomAgent(action_mode=cfg.get("action_mode", "fusion"), seed=seed,
                        n_users=sim.n_users if per_user else None)
+
+
+def build_gaussian(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> GaussianBehaviour:
+    """``{base: ranking, base_agent: {weights: [...]}, sigma: 0.3}``: a Gaussian behaviour around a fixed fusion
+    policy (``ranking`` or ``random`` with ``per_user: true``), the logging policy of the offline benchmarks."""
+    unknown = sorted(set(cfg) - {"base", "base_agent", "sigma"})
+    if unknown:
+        raise RetentionRLError(f"agent: unknown key '{unknown[0]}' (allowed: base, base_agent, sigma)")
+    base = cfg.get("base", "ranking")
+    builders = {"ranking": build_ranking, "random": build_random}
+    if base not in builders:
+        raise RetentionRLError(f"agent: base must be one of {', '.join(builders)} (a fixed policy), got {base!r}")
+    base_cfg = cfg.get("base_agent", {})
+    if not isinstance(base_cfg, dict):
+        raise RetentionRLError(f"agent: base_agent must be a mapping, got {type(base_cfg).__name__}")
+    if base == "random" and not base_cfg.get("per_user", False):
+        raise RetentionRLError("agent: a random base needs per_user: true (its mean action must be deterministic)")
+    return GaussianBehaviour(builders[base](sim, dict(base_cfg), seed, env), cfg.get("sigma", 0.3))
