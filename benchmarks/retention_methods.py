@@ -43,6 +43,9 @@ from retentionrl.bench.report import (
     sweep_plot,
     write_comparison,
 )
+from retentionrl.bench.leverage import bounds_markdown, measured_bounds
+from retentionrl.evaluation.protocol import EvalConfig
+from retentionrl.simulator.bundle import Simulator
 from retentionrl.utils.io import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,33 +85,14 @@ def table(run_dirs: list[str], out: Path, reference_among: list[str], extra: str
 
 def learned_bounds(bundle: str, out: Path) -> str:
     """Measured bounds of the learned preset's leverage (no closed form: its return law depends on the state the
-    policy shapes): the frozen evaluation of every one-behaviour fusion policy (+/- each of the 7 weights), of
-    click-ranking and of random, under the table's protocol. The spread of these return times is a lower bound
-    on the range any policy can reach. Cached in ``out/bounds.md`` (per bundle fingerprint)."""
-    from retentionrl.agents.base import FixedWeightsAgent, RandomAgent
-    from retentionrl.data.schema import BEHAVIOURS
-    from retentionrl.evaluation.protocol import EvalConfig, evaluate_policy
-    from retentionrl.simulator.bundle import Simulator
-
+    policy shapes; ``retentionrl.bench.leverage``). Cached in ``out/bounds.md`` (per bundle fingerprint)."""
     sim = Simulator.load(bundle)
     cache = out / "bounds.md"
     if cache.is_file() and sim.short_fingerprint in cache.read_text():
         return cache.read_text()
     ev = EvalConfig(preset="learned", n_users=256, n_episodes=512, seeds=[10_000, 10_001, 10_002])
-    policies = {f"{sign}{b}": FixedWeightsAgent([(1.0 if sign == "+" else -1.0) * (j == i) for j in range(7)])
-                for i, b in enumerate(BEHAVIOURS) for sign in "+-"}
-    policies["random"] = RandomAgent(seed=0)
-    rows = {name: evaluate_policy(agent, sim, ev)["mean"] for name, agent in policies.items()}
-    lo, hi = min(rows, key=lambda k: rows[k]["return_time"]), max(rows, key=lambda k: rows[k]["return_time"])
-    lines = [f"Measured leverage of the learned preset (bundle `{sim.short_fingerprint}`, same protocol): the 14 "
-             "one-behaviour fusion policies and random, frozen.", "",
-             "| policy | return time | retention | click | disagreement (click / return) |", "|---|---|---|---|---|"]
-    for name, m in sorted(rows.items(), key=lambda kv: kv[1]["return_time"]):
-        dis = f"{m.get('disagreement_click', float('nan')):.3f} / {m.get('disagreement_return', float('nan')):.3f}"
-        lines.append(f"| {name} | {m['return_time']:.3f} | {m['retention']:.3f} | {m['click_rate']:.3f} | {dis} |")
-    lines += ["", f"Spread: {rows[lo]['return_time']:.3f} ({lo}) to {rows[hi]['return_time']:.3f} ({hi}) days, "
-                  "a lower bound on what any policy can reach here.", ""]
-    text = "\n".join(lines)
+    text = bounds_markdown(measured_bounds(sim, ev), sim, "the learned preset",
+                           columns=("return_time", "retention", "click_rate"))
     write_text_atomic(cache, text)
     return text
 
