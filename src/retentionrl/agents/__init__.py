@@ -26,6 +26,7 @@ AGENTS: dict[str, str] = {
     "rlur": "retentionrl.agents.rlur:build",
     "gfn4retention": "retentionrl.agents.gfn4retention:build",
     "sec": "retentionrl.agents.sec:build",
+    "resact": "retentionrl.agents.resact:build",
     "ranking": "retentionrl.agents.base:build_ranking",
     "random": "retentionrl.agents.base:build_random",
     "gaussian": "retentionrl.agents.base:build_gaussian",  # a stochastic logging policy with known propensities

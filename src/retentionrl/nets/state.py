@@ -144,3 +144,41 @@ class UserGroups:
         if self.column is None:
             return torch.zeros(obs.user.shape[0], dtype=torch.long)
         return self.table[obs.profile_cat[:, self.column]]
+
+
+class SplitStateEncoder(nn.Module):
+    """ResAct's bi-level state: session-level features ``s_h`` and request-level features ``s_l``, encoded apart.
+
+    * ``s_h``: the profile and the cross-session context (days since the previous session / D, the first-session
+      flag, and the episode clock for a time-aware state) -> a diagonal Gaussian ``p(z_h | s_h)`` (mean and
+      log-std, (B, z_dim) each), so that the conciseness loss ``KL(p(z_h | s_h) || N(0, I))`` is defined;
+    * ``s_l``: the exposure history (its own profile token and item embeddings through a history transformer)
+      and the step in the session -> ``z_l`` (B, z_dim), deterministic.
+
+    ``forward(obs) -> (mu_h, log_std_h, z_l)``. The two halves share no parameters, so the session-level
+    representation is shaped only by what is asked of ``z_h`` (the residual's gradient, expressiveness,
+    conciseness)."""
+
+    def __init__(self, user_cards: list[int], n_user_num: int, n_items: int, dim: int = 32, window: int = 20,
+                 z_dim: int = 32, hidden: int = 64, heads: int = 2, *, context: ContextScales) -> None:
+        super().__init__()
+        self.context = context
+        n_session = context.width - 1  # every context feature but step_in_session
+        self.profile_h = FeatureEncoder(user_cards, n_user_num, dim)
+        self.high = mlp([dim + n_session, hidden, 2 * z_dim])
+        self.profile_l = FeatureEncoder(user_cards, n_user_num, dim)
+        self.items = nn.Embedding(n_items, dim)
+        nn.init.normal_(self.items.weight, std=0.05)
+        self.history = HistoryTransformer(dim, 7, window, layers=1, heads=heads, dropout=0.0)
+        self.low = nn.Sequential(mlp([dim + 1, hidden, z_dim]), nn.ReLU())
+        self.z_dim = z_dim
+
+    def forward(self, obs: Obs) -> tuple[Tensor, Tensor, Tensor]:
+        ctx = context_features(obs, self.context)  # (B, width); step_in_session is the column before the last two
+        step = ctx[:, -3:-2]
+        session = torch.cat([ctx[:, :-3], ctx[:, -2:]], dim=1)  # [clock], days_since_last, first-session flag
+        mu, log_std = self.high(torch.cat([self.profile_h(obs.profile_cat, obs.profile_num), session], 1)).chunk(2, 1)
+        user = self.profile_l(obs.profile_cat, obs.profile_num)
+        h = self.history(user, self.items(obs.hist_items), obs.hist_resp, obs.hist_pad)
+        last = torch.where(obs.hist_pad[:, -1:], h[:, 0], h[:, -1])
+        return mu, log_std.clamp(-5.0, 2.0), self.low(torch.cat([last, step], 1))

@@ -14,7 +14,7 @@ from retentionrl.training.online import TrainConfig, train
 from retentionrl.training.run import RunConfig, RunDir, build_agent
 
 #: algorithms trained from logs (supervised / offline) rather than by interacting with the simulator
-OFFLINE_ALGOS = frozenset({"din", "bc", "sec"})
+OFFLINE_ALGOS = frozenset({"din", "bc", "sec", "resact"})
 
 
 def trainer_for(algo: str) -> tuple[type, Callable[..., Any]]:
