@@ -33,6 +33,9 @@ BASELINES = ("ranking", "random")  # fixed policies: no margin over random is ex
 IMITATION = {"bc": "clones logged actions: there is no reward for it to learn from online",
              "sec": "clones the logged actions of the users who returned soonest (tests/test_sec.py)",
              "gaussian": "a fixed stochastic logging policy (propensities for OPE, tests/test_ope.py): nothing to learn"}
+IMITATION.update(dict.fromkeys(("td3bc", "iql", "cql", "bcq", "il_cvae"),  # training.OFFLINE_ALGOS: the offline loop
+                               "offline RL from a behaviour policy's logs (tests/test_offline_rl.py)"))
+IMITATION["resact"] = "offline RL from a behaviour policy's logs (tests/test_resact.py)"
 MARGIN = 0.5  # share of the random -> optimum gap every learning agent must close
 
 # Keys an agent does not have are dropped (see _agent_cfg); immediate reward only, small and fast networks.

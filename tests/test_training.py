@@ -123,7 +123,7 @@ def test_every_shipped_train_config_builds_its_agent(tiny_sim):
     assert len(configs) >= 8
     for path in configs:
         raw = load_config(path)
-        cfg = from_dict(trainer_for(raw["algo"])[0], raw, str(path))
+        cfg = from_dict(trainer_for(raw["algo"], raw.get("loop"), str(path))[0], raw, str(path))
         make_agent(cfg.algo, tiny_sim, cfg.agent, seed=0)
 
 

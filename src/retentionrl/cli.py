@@ -142,7 +142,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         where = args.config or "train config"
         record = pop_record(raw, where)
         sim = None
-    config_cls, train = trainer_for(raw.get("algo", "td3"))
+    config_cls, train = trainer_for(raw.get("algo", "td3"), raw.get("loop"), where)
     cfg = from_dict(config_cls, raw, where)
     cfg.validate(where)  # before a bundle is loaded or built, naming the config file
     if sim is None and record is not None and not args.simulator:

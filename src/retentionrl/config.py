@@ -98,9 +98,26 @@ def _check_type(value: Any, ftype: Any, where: str) -> Any:
     return value
 
 
+#: ``dataclasses.field(metadata={OMIT_IF_DEFAULT: True})``: :func:`to_dict` leaves the field out while it holds its
+#: default. For a field added to a config later: the saved and hashed form of every config that does not use it
+#: stays what it was (a run's config.yaml still matches on resume, a grid cell keeps its key).
+OMIT_IF_DEFAULT = "omit_if_default"
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
-    """A dataclass as plain YAML/JSON-able values."""
-    return _plain(dataclasses.asdict(obj))
+    """A dataclass as plain YAML/JSON-able values (fields marked :data:`OMIT_IF_DEFAULT` only when not default)."""
+    out = _plain(dataclasses.asdict(obj))
+    _drop_defaults(obj, out)
+    return out
+
+
+def _drop_defaults(obj: Any, out: dict[str, Any]) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get(OMIT_IF_DEFAULT) and f.default is not dataclasses.MISSING and value == f.default:
+            del out[f.name]
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            _drop_defaults(value, out[f.name])
 
 
 def _plain(v: Any) -> Any:

@@ -26,7 +26,13 @@ AGENTS: dict[str, str] = {
     "rlur": "retentionrl.agents.rlur:build",
     "gfn4retention": "retentionrl.agents.gfn4retention:build",
     "sec": "retentionrl.agents.sec:build",
+    # offline RL from logs (training.OFFLINE_ALGOS)
     "resact": "retentionrl.agents.resact:build",
+    "td3bc": "retentionrl.agents.td3bc:build",
+    "iql": "retentionrl.agents.iql:build",
+    "cql": "retentionrl.agents.cql:build",
+    "bcq": "retentionrl.agents.bcq:build",
+    "il_cvae": "retentionrl.agents.il_cvae:build",
     "ranking": "retentionrl.agents.base:build_ranking",
     "random": "retentionrl.agents.base:build_random",
     "gaussian": "retentionrl.agents.base:build_gaussian",  # a stochastic logging policy with known propensities

@@ -93,6 +93,14 @@ class TorchAgent(Agent):
         self.gen.set_state(state["gen"])
         self.n_updates = int(state["n_updates"])
 
+    def check_logs(self, logs: dict[str, Tensor], source: str) -> None:
+        """Trained from logs (the offline RL agents, or TD3 / DDPG with ``loop: offline``), a fusion agent needs
+        logged fusion weights (N, 7) float: an items-mode behaviour logs slates."""
+        a = logs["action"]
+        if self.action_mode == "fusion" and (not a.is_floating_point() or a.shape[1:] != (7,)):
+            raise RetentionRLError(f"{type(self).__name__} learns from logged fusion actions (N, 7) float; {source} "
+                                   f"hold {tuple(a.shape)} {a.dtype} (an items-mode behaviour logs slates)")
+
 
 class FixedWeightsAgent(Agent):
     """Constant fusion weights. ``RankingModel``: rank by the predicted click probability, ``[1, 0, ..., 0]``."""

@@ -35,7 +35,8 @@ from torch import Tensor, nn
 
 from retentionrl.agents.base import TorchAgent, agent_spec
 from retentionrl.nets.actor_critic import (
-    ActorCriticConfig, AgentSpec, Critic, critic_step, done_mask, encoder, mixed_reward, soft_update, time_aware,
+    ActorCriticConfig, AgentSpec, Critic, best_candidate, critic_step, done_mask, encoder, mixed_reward, soft_update,
+    time_aware,
 )
 from retentionrl.nets.cvae import CVAE, standard_normal_kl
 from retentionrl.nets.encoders import mlp
@@ -118,8 +119,7 @@ class ResAct(TorchAgent):
         """(B, 7): the candidate with the largest Q_1 (the target networks' Q_1 and policy when ``target``)."""
         q1 = self.q1_t if target else self.q1
         cand = self.policy(obs, self.latents.expand(obs.user.shape[0], -1, -1), target)  # (B, n + 1, 7)
-        q = q1.value(q1.enc(obs)[:, None], cand)  # (B, n + 1): each state encoded once
-        return cand[torch.arange(len(cand)), q.argmax(1)]
+        return best_candidate(cand, q1.value(q1.enc(obs)[:, None], cand))  # each state encoded once
 
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool = False) -> Tensor:

@@ -69,7 +69,7 @@ def resolved_config(config: str | Path, overrides: dict[str, Any], seed: int, la
     raw = load_config(config)
     pop_record(raw, config)
     raw = merge(merge(raw, overrides), {"seed": seed, "label": label})
-    return to_dict(from_dict(trainer_for(raw.get("algo", "td3"))[0], raw, str(config)))
+    return to_dict(from_dict(trainer_for(raw.get("algo", "td3"), raw.get("loop"), str(config))[0], raw, str(config)))
 
 
 def cell_key(raw: dict[str, Any], fingerprint: str) -> str:
@@ -111,7 +111,7 @@ def run_cell(cell: Cell, threads: int | None = None) -> str:
     if cell_key(raw, sim.fingerprint) != cell.key:  # edited between planning the grid and running the cell
         raise RetentionRLError(f"{cell.config} or {cell.simulator} changed since the grid was planned "
                                f"(cell {cell.run_dir}); plan it again")
-    config_cls, train = trainer_for(raw.get("algo", "td3"))
+    config_cls, train = trainer_for(raw.get("algo", "td3"), raw.get("loop"), cell.config)
     cfg = from_dict(config_cls, raw, cell.config)
     train(cfg, sim, run, resume=(run / "config.yaml").is_file(), progress=False, where=str(cell.config))
     return cell.run_dir

@@ -70,7 +70,8 @@ def load_runs(run_dirs: list[str | Path]) -> dict[str, list[dict[str, Any]]]:
 
 def _eval_config_of(cfg: dict[str, Any], d: Path) -> dict[str, Any]:
     """The resolved evaluation protocol of a run whose summary predates recording it (from its config.yaml)."""
-    return to_dict(from_dict(trainer_for(cfg.get("algo", "td3"))[0], cfg, str(d / "config.yaml")).eval_config())
+    return to_dict(from_dict(trainer_for(cfg.get("algo", "td3"), cfg.get("loop"), str(d / "config.yaml"))[0], cfg,
+                             str(d / "config.yaml")).eval_config())
 
 
 def _check_comparable(a: dict[str, Any], b: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""Actors and critics of the actor-critic baselines (TD3, DDPG, SAC), and the Gaussian-policy helpers
+"""Actors, critics and value networks of the actor-critic baselines (TD3, DDPG, SAC and the offline TD3+BC, IQL,
+CQL, BCQ), and the Gaussian-policy helpers
 (:func:`gaussian_head`, :func:`gaussian_log_density`, :func:`squashed_sample`, :func:`gaussian_kl`) that RLUR and
 GFN4Retention share with SAC. Here each network owns its :class:`~retentionrl.nets.state.StateEncoder` (CleanRL
 style: no shared trunk); RLUR's critics and GFN4Retention's heads share one encoder each (see their modules)."""
@@ -206,7 +207,14 @@ class Critic(nn.Module):
         self.net = mlp([self.enc.out_dim + spec.n_behaviours, *hidden, 1])
 
     def forward(self, obs: Obs, action: Tensor) -> Tensor:
-        return self.net(torch.cat([self.enc(obs), action], dim=1)).squeeze(1)
+        return self.value(self.enc(obs), action)
+
+    def value(self, z: Tensor, action: Tensor) -> Tensor:
+        """Q from an encoded state ``z = self.enc(obs)``: z (..., D) broadcast to the action's leading dims,
+        action (..., 7) -> (...). Scoring n candidate actions per state encodes each state once:
+        ``value(z[:, None], actions (B, n, 7)) -> (B, n)``."""
+        z = z.expand(*action.shape[:-1], z.shape[-1])
+        return self.net(torch.cat([z, action], dim=-1)).squeeze(-1)
 
     def for_actor(self, obs: Obs, action: Tensor) -> Tensor:
         """Q(s, a) (B,) for an actor loss: the same value as ``forward``, but the state encoder runs without
@@ -214,7 +222,26 @@ class Critic(nn.Module):
         (its optimiser zeroes them first), so the numbers are unchanged and two encoder backward passes saved."""
         with torch.no_grad():
             z = self.enc(obs)
-        return self.net(torch.cat([z, action], dim=1)).squeeze(1)
+        return self.value(z, action)
+
+
+class StateValue(nn.Module):
+    """V(s) -> (B,) (IQL's value network)."""
+
+    def __init__(self, spec: AgentSpec, state_dim: int, token_dim: int, hidden: list[int],
+                 kind: EncoderKind = "transformer") -> None:
+        super().__init__()
+        self.enc = encoder(spec, state_dim, token_dim, kind)
+        self.net = mlp([self.enc.out_dim, *hidden, 1])
+
+    def forward(self, obs: Obs) -> Tensor:
+        return self.net(self.enc(obs)).squeeze(-1)
+
+
+def best_candidate(candidates: Tensor, q: Tensor) -> Tensor:
+    """The candidate with the largest value per row: candidates (B, n, A), q (B, n) -> (B, A) (BCQ's and
+    ResAct's selection by Q1; ties go to the first)."""
+    return candidates[torch.arange(candidates.shape[0]), q.argmax(dim=1)]
 
 
 def gradient_step(opt: torch.optim.Optimizer, loss: Tensor) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from retentionrl.agents import Agent
-from retentionrl.config import from_dict, merge
+from retentionrl.config import ConfigError, from_dict, merge
 from retentionrl.errors import RetentionRLError
 from retentionrl.simulator.bundle import Simulator
 from retentionrl.training.checkpoint import load_checkpoint
@@ -13,13 +13,20 @@ from retentionrl.training.offline import OfflineTrainConfig, train_offline
 from retentionrl.training.online import TrainConfig, train
 from retentionrl.training.run import RunConfig, RunDir, build_agent
 
-#: algorithms trained from logs (supervised / offline) rather than by interacting with the simulator
-OFFLINE_ALGOS = frozenset({"din", "bc", "sec", "resact"})
+#: algorithms trained from logs (supervised / offline RL) rather than by interacting with the simulator
+OFFLINE_ALGOS = frozenset({"din", "bc", "sec", "td3bc", "iql", "cql", "bcq", "il_cvae", "resact"})
+LOOPS = ("online", "offline")
 
 
-def trainer_for(algo: str) -> tuple[type, Callable[..., Any]]:
-    """(config dataclass, train function) of an algorithm: the offline loop for OFFLINE_ALGOS, else online."""
-    if algo in OFFLINE_ALGOS:
+def trainer_for(algo: str, loop: str | None = None, where: str = "train config") -> tuple[type, Callable[..., Any]]:
+    """(config dataclass, train function) of a train config's ``algo`` and ``loop`` keys: ``loop`` None picks by
+    algorithm (the offline loop for OFFLINE_ALGOS, else online); ``offline`` trains an online-capable learner (TD3,
+    DDPG, SAC, ...) from a behaviour policy's logs alone; ``online`` for an offline-only algorithm is refused."""
+    if loop is not None and loop not in LOOPS:
+        raise ConfigError(f"{where}.loop: {loop!r} is not one of {', '.join(LOOPS)} (or leave it out: by algorithm)")
+    if loop == "online" and algo in OFFLINE_ALGOS:
+        raise ConfigError(f"{where}.loop: '{algo}' learns from logs only; it has no online loop")
+    if loop == "offline" or algo in OFFLINE_ALGOS:
         return OfflineTrainConfig, train_offline
     return TrainConfig, train
 
@@ -37,7 +44,8 @@ def load_trained(run_dir: str, sim: Simulator, eval_overrides: Any = None) -> tu
         if not isinstance(eval_overrides, dict):
             raise RetentionRLError(f"eval overrides for {run_dir} must be a mapping of eval keys, got {eval_overrides!r}")
         raw["eval"] = merge(raw.get("eval", {}), eval_overrides)
-    cfg = from_dict(trainer_for(raw.get("algo", "td3"))[0], raw, str(run.config))
+    where = str(run.config)
+    cfg = from_dict(trainer_for(raw.get("algo", "td3"), raw.get("loop"), where)[0], raw, where)
     cfg.eval_config()  # a bad (merged) eval key fails here, naming the key, before the agent is built
     agent = build_agent(cfg.algo, sim, cfg.agent, cfg.seed, cfg.env_config(), str(run.config))
     if run.checkpoint.is_file():

@@ -28,7 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from retentionrl.agents import Agent
-from retentionrl.config import check_counts, to_dict
+from retentionrl.config import ConfigError, check_counts, to_dict
 from retentionrl.errors import RetentionRLError
 from retentionrl.evaluation.protocol import evaluate_policy
 from retentionrl.simulator.bundle import Simulator
@@ -153,6 +153,8 @@ class OfflineTrainConfig(RunConfig):
 
     def validate(self, where: str = "train config") -> None:
         super().validate(where)
+        if self.loop == "online":
+            raise ConfigError(f"{where}.loop: '{self.algo}' with 'online' is trained by the online loop, not this one")
         check_counts(self, where, ("n_log_users", "log_steps", "epochs"))
         check_counts(self, where, ("total_updates", "batch_size"), optional=True)
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from retentionrl.config import check_counts, to_dict
+from retentionrl.config import ConfigError, check_counts, to_dict
 from retentionrl.evaluation.protocol import evaluate_policy
 from retentionrl.simulator.bundle import Simulator
 from retentionrl.training.buffer import ReplayBuffer
@@ -39,6 +39,9 @@ class TrainConfig(RunConfig):
 
     def validate(self, where: str = "train config") -> None:
         super().validate(where)
+        if self.loop == "offline":
+            raise ConfigError(f"{where}.loop: 'offline' is trained by the offline loop (training.trainer_for picks "
+                              "it), not by the online one")
         check_counts(self, where, ("n_users", "total_steps", "updates_per_step", "buffer_size"))
         check_counts(self, where, ("warmup_steps",), minimum=0)
 

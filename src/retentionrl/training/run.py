@@ -21,12 +21,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from retentionrl.agents import AGENTS, Agent, make_agent
-from retentionrl.config import ConfigError, check_counts, from_dict, load_yaml, merge, to_dict
+from retentionrl.config import OMIT_IF_DEFAULT, ConfigError, check_counts, from_dict, load_yaml, merge, to_dict
 from retentionrl.errors import RetentionRLError
 from retentionrl.evaluation.protocol import EvalConfig
 from retentionrl.simulator.bundle import SHORT, Simulator
@@ -60,6 +60,9 @@ class RunConfig:
     checkpoint_every: int = 500
     eval: dict[str, Any] = field(default_factory=dict)  # EvalConfig fields
     agent: dict[str, Any] = field(default_factory=dict)  # the algorithm's own config
+    # Which loop trains the agent (None: by algorithm, training.trainer_for); "offline" trains an online-capable
+    # learner (TD3, DDPG, SAC) from the logs of a behaviour policy alone. Left out of the saved config while None.
+    loop: Literal["online", "offline"] | None = field(default=None, metadata={OMIT_IF_DEFAULT: True})
 
     def env_overrides(self) -> dict[str, Any]:
         """``env`` without ``action_mode``: the agent decides that, in training and in evaluation alike."""
