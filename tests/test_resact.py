@@ -64,6 +64,17 @@ class _DistanceCritic(nn.Module):
         return self.value(self.enc(obs), a)
 
 
+class _ConstCritic(_DistanceCritic):
+    """Q(s, a) = value for every state and action."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(torch.zeros(7))
+        self.const = value
+
+    def value(self, z, a):
+        return torch.full(a.shape[:-1], self.const)
+
+
 def test_selection_plays_the_candidate_with_the_largest_q1(sim, logs):
     agent = _agent(sim, n_candidates=6)
     obs = obs_from_batch(_batch(logs))
@@ -92,10 +103,7 @@ def test_residual_is_bounded_and_the_switch_removes_it(sim, logs):
 def test_td_target_by_hand(sim, logs, monkeypatch):
     """y = r + γ·min(Q1'(s', a'), Q2'(s', a')) with constant target critics 1 and 2: y = r + 0.9 (terminal none)."""
     agent = _agent(sim)
-    agent.q1_t = type("C1", (_DistanceCritic,), {"forward": lambda self, o, a: torch.ones(o.user.shape[0])})(
-        torch.zeros(7))
-    agent.q2_t = type("C2", (_DistanceCritic,), {"forward": lambda self, o, a: torch.full((o.user.shape[0],), 2.0)})(
-        torch.zeros(7))
+    agent.q1_t, agent.q2_t = _ConstCritic(1.0), _ConstCritic(2.0)
     seen = {}
 
     def capture(critics, opt, obs, action, target):

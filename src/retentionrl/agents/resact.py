@@ -115,11 +115,13 @@ class ResAct(TorchAgent):
         z = torch.cat([mu_h, z_l], 1)[:, None].expand(-1, c.shape[1], -1)  # the mean z_h at acting time
         return a_on + res.delta(z, a_on)
 
-    def select(self, obs: Obs, target: bool = False) -> Tensor:
-        """(B, 7): the candidate with the largest Q_1 (the target networks' Q_1 and policy when ``target``)."""
+    def select(self, obs: Obs, target: bool = False, z_q: Tensor | None = None) -> Tensor:
+        """(B, 7): the candidate with the largest Q_1 (the target networks' Q_1 and policy when ``target``);
+        ``z_q`` (B, d) that Q_1's encoding of ``obs`` when the caller has it."""
         q1 = self.q1_t if target else self.q1
         cand = self.policy(obs, self.latents.expand(obs.user.shape[0], -1, -1), target)  # (B, n + 1, 7)
-        return best_candidate(cand, q1.value(q1.enc(obs)[:, None], cand))  # each state encoded once
+        z_q = q1.enc(obs) if z_q is None else z_q
+        return best_candidate(cand, q1.value(z_q[:, None], cand))  # each state encoded once
 
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool = False) -> Tensor:
@@ -133,9 +135,11 @@ class ResAct(TorchAgent):
         r = mixed_reward(batch, cfg.retention_weight, cfg.immediate_weight)
         done = done_mask(batch, cfg.terminal)
         with torch.no_grad():
-            a2 = self.select(nxt, target=True)
+            z1 = self.q1_t.enc(nxt)  # shared by the selection and the target value
+            a2 = self.select(nxt, target=True, z_q=z1)
             noise = (torch.randn(a2.shape, generator=self.gen) * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
-            target = r + cfg.gamma * (1 - done) * torch.min(self.q1_t(nxt, a2 + noise), self.q2_t(nxt, a2 + noise))
+            a2 = a2 + noise
+            target = r + cfg.gamma * (1 - done) * torch.min(self.q1_t.value(z1, a2), self.q2_t(nxt, a2))
         critic_loss, q1 = critic_step([self.q1, self.q2], self.critic_opt, obs, a_on, target)
         self.n_updates += 1
 
