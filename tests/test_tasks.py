@@ -65,3 +65,31 @@ def test_bad_task_and_logs_without_sessions():
         task_rewards(logs, "return_time")
     with pytest.raises(RetentionRLError, match="'user' column"):
         task_rewards({k: v for k, v in _logs().items() if k != "user"}, "return_time")
+
+
+def test_an_offline_run_trains_on_the_task_reward(tiny_sim, tmp_path, monkeypatch):
+    """``task: both`` in an offline config: every batch the agent sees carries r(δ) + r(η) at session ends (integers
+    0-10) and no immediate reward; the logs record says so; without ``task`` the saved config has no such key."""
+    import json
+
+    import yaml
+
+    from retentionrl.agents.bc import BC
+    from retentionrl.training.offline import OfflineTrainConfig, train_offline
+
+    seen = []
+    real = BC.update
+    monkeypatch.setattr(BC, "update", lambda self, b: seen.append(b) or real(self, b))
+    base = dict(algo="bc", seed=0, behaviour="gaussian", behaviour_agent={"sigma": 0.3}, n_log_users=8,
+                log_steps=12, total_updates=4, log_every=2, eval_every=4, checkpoint_every=4,
+                eval={"n_users": 8, "n_episodes": 8, "seeds": [1]}, agent={"batch_size": 32})
+    train_offline(OfflineTrainConfig(**base, task="both"), tiny_sim, tmp_path / "task", progress=False)
+    r = torch.cat([b["retention_reward"] for b in seen])
+    ends = torch.cat([b["session_end"] for b in seen])
+    assert (torch.cat([b["reward"] for b in seen]) == 0).all() and (r[~ends] == 0).all()
+    assert (r == r.round()).all() and r.max() <= 10 and r[ends].sum() > 0
+    record = json.loads((tmp_path / "task" / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["event"] == "logs" and 0 < record["task_reward"] <= 10
+    assert yaml.safe_load((tmp_path / "task" / "config.yaml").read_text())["task"] == "both"
+    train_offline(OfflineTrainConfig(**base), tiny_sim, tmp_path / "plain", progress=False)
+    assert "task" not in yaml.safe_load((tmp_path / "plain" / "config.yaml").read_text())

@@ -21,14 +21,14 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from retentionrl.agents import Agent
-from retentionrl.config import ConfigError, check_counts, to_dict
+from retentionrl.config import OMIT_IF_DEFAULT, ConfigError, check_counts, to_dict
 from retentionrl.errors import RetentionRLError
 from retentionrl.evaluation.protocol import evaluate_policy
 from retentionrl.simulator.bundle import Simulator
@@ -37,6 +37,7 @@ from retentionrl.simulator.env import preset as make_preset
 from retentionrl.training.buffer import ReplayBuffer
 from retentionrl.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from retentionrl.training.run import RunConfig, RunDir, build_agent, check_stop_after
+from retentionrl.training.tasks import apply_task
 from retentionrl.utils.io import write_json_atomic
 
 #: Keys :func:`generate_logs` adds to the replay-buffer layout.
@@ -150,6 +151,9 @@ class OfflineTrainConfig(RunConfig):
     epochs: int = 5  # passes over the logs, unless total_updates is set
     total_updates: int | None = None  # overrides epochs
     batch_size: int | None = None  # None: the agent's own batch_size
+    # ResAct's tasks (training/tasks.py): the session-end reward becomes r(δ), r(η) or both (per-user statistics
+    # from these logs) and the immediate reward 0. None: the logs' own rewards. Saved only when set.
+    task: Literal["return_time", "session_length", "both"] | None = field(default=None, metadata={OMIT_IF_DEFAULT: True})
 
     def validate(self, where: str = "train config") -> None:
         super().validate(where)
@@ -189,6 +193,9 @@ def train_offline(cfg: OfflineTrainConfig, sim: Simulator, run_dir: str | Path, 
     agent.check_logs(logs, f"logs of '{cfg.behaviour}' on simulator '{sim.meta.get('dataset')}' "
                            f"({cfg.n_log_users} users x {cfg.log_steps} requests, seed {cfg.seed})")
     raw_stats = _log_stats(logs)
+    if cfg.task is not None:
+        logs = apply_task(logs, cfg.task)
+        raw_stats["task_reward"] = float(logs["retention_reward"][logs["session_end"]].mean())
     n_rows = len(logs["reward"])
     logs = agent.prepare_logs(logs)
     run = RunDir.open(run_dir, to_dict(cfg), resume, sim)
