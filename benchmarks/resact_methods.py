@@ -1,0 +1,127 @@
+"""ResAct beside the offline RL baselines of its slides (Tables 2-3), on ResAct's three tasks, and its ablations.
+
+    python benchmarks/resact_methods.py [--parts kuairand learned movielens ablations]
+                                        [--tasks return_time session_length both] [--workers 2] [--only GLOB] [--no-run]
+
+Every cell is an offline run (``configs/train/offline/``): all methods learn from the same logs of the Gaussian
+"online-serving" behaviour around click-ranking (propensities stored) and are scored by the frozen evaluation.
+The tasks (``training/tasks.py``) replace the session-end reward by ResAct's r(δ), r(η) or their sum; the RL
+methods then train with ``retention_weight 1`` (the task reward is 0-5 per session already).
+
+* ``kuairand``: ResAct, DDPG, TD3, TD3+BC, BCQ, IQL, IL (BC), IL-CVAE (+ CQL) x 5 seeds on
+  ``bundles/kuairand-pure``, KuaiSim preset with the *satisfaction* temper, so that session length responds to
+  the policy (the plain KuaiSim temper fixes every session at 5 requests) -> ``docs/results/resact_kuaisim_<task>/``,
+  each table with the measured leverage of session length and return time beside it (``bench/leverage.py``).
+* ``learned``: the same on the learned preset (leave and return models fitted to the log)
+  -> ``resact_learned_<task>/``.
+* ``movielens``: the return-time task on ``bundles/ml-100k`` (the slides' Table 2 uses ML-1M ratings, which are
+  not available here) -> ``resact_movielens/``.
+* ``ablations``: ResAct w/o residual (Δ = 0, the CVAE's candidates selected by Q1), w/o expressiveness, w/o
+  conciseness, and the number of latent samples n in {1, 5, 10, 20} x 3 seeds, return-time task, KuaiSim
+  (satisfaction) -> ``resact_ablations/``.
+
+t-tests are against the best baseline (by return time), as in the papers.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from retentionrl.bench.grid import cells, grid_arguments, run_selected
+from retentionrl.bench.leverage import bounds_markdown, measured_bounds
+from retentionrl.bench.report import write_comparison
+from retentionrl.evaluation.protocol import EvalConfig
+from retentionrl.simulator.bundle import Simulator
+from retentionrl.utils.io import write_text_atomic
+
+REPO = Path(__file__).resolve().parents[1]
+OFFLINE = REPO / "configs" / "train" / "offline"
+METHODS = ["resact", "ddpg", "td3", "td3bc", "bcq", "iql", "bc", "il_cvae", "cql"]
+BASELINES = [m for m in METHODS if m != "resact"]
+RL = {"resact", "ddpg", "td3", "td3bc", "bcq", "iql", "cql"}  # methods that read the reward
+TASKS = ["return_time", "session_length", "both"]
+SATISFACTION = {"env": {"leave": {"kind": "satisfaction"}}}
+N_LATENTS = [1, 5, 10, 20]
+# ResAct slides, Table 2 (MovieLens-1M, return-time task, NCIS), mean ± 95% CI.
+TABLE2 = {"DDPG": "1.7429 ± 0.0545", "TD3": "1.7363 ± 0.0546", "TD3_BC": "1.7135 ± 0.0541",
+          "BCQ": "1.7898 ± 0.0320", "IQL": "1.7360 ± 0.0546", "IL": "1.7485 ± 0.0310", "IL_CVAE": "1.7344 ± 0.0316"}
+
+
+def paper_table2() -> str:
+    lines = ["ResAct slides, Table 2 (ML-1M, return-time task, NCIS estimate; ResAct's own row did not survive the "
+             "text extraction):", "", "| method | return |", "|---|---|"]
+    return "\n".join(lines + [f"| {m} | {v} |" for m, v in TABLE2.items()]) + "\n"
+
+
+def task_variants(task: str, over: dict, suffix: str) -> list:
+    """(label, config, overrides) of every method on ``task``: the RL methods learn from the task reward alone."""
+    out = []
+    for m in METHODS:
+        o = {**over, "task": task}
+        if m in RL:
+            o = {**o, "agent": {"retention_weight": 1.0}}
+        out.append((f"{m}-{suffix}-{task}", OFFLINE / f"{m}-kuaisim.yaml", o))
+    return out
+
+
+def leverage(bundle: str, preset: str, env: dict, out: Path) -> str:
+    """Measured session-length and return-time leverage under the table's protocol (cached per fingerprint)."""
+    sim = Simulator.load(bundle)
+    cache = out / "leverage.md"
+    if cache.is_file() and sim.short_fingerprint in cache.read_text():
+        return cache.read_text()
+    ev = EvalConfig(preset=preset, n_users=256, n_episodes=512, seeds=[10_000, 10_001, 10_002], env_overrides=env)
+    rows = measured_bounds(sim, ev)
+    text = bounds_markdown(rows, sim, f"the {preset} preset{' (satisfaction temper)' if env else ''}",
+                           metric="session_length")
+    write_text_atomic(cache, text)
+    return text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    grid_arguments(ap, ["kuairand", "learned", "movielens", "ablations"],
+                   {"kuairand": str(REPO / "bundles" / "kuairand-pure"), "movielens": str(REPO / "bundles" / "ml-100k")})
+    ap.add_argument("--tasks", nargs="+", default=TASKS, choices=TASKS)
+    args = ap.parse_args()
+    results, runs = REPO / "docs" / "results", REPO / "runs"
+
+    def grid(variants, seeds, root, bundle) -> list[str]:
+        return run_selected(cells(variants, seeds, root, bundle), args.workers, args.only, args.no_run)
+
+    def table(done, out: Path, suffix: str, task: str, extra: str = "") -> None:
+        if not done:
+            print(f"{out.name}: no finished cells yet")
+            return
+        md = write_comparison(done, out, reference_among=[f"{m}-{suffix}-{task}" for m in BASELINES], extra=extra)[0]
+        print(md)
+
+    for part, preset, over in (("kuairand", "kuaisim", SATISFACTION), ("learned", "learned", {"preset": "learned"})):
+        if part not in args.parts:
+            continue
+        suffix = "kuaisim" if part == "kuairand" else "learned"
+        for task in args.tasks:
+            out = results / f"resact_{suffix}_{task}"
+            done = grid(task_variants(task, over, suffix), args.seeds, runs / f"resact-{suffix}", args.kuairand_bundle)
+            env = over.get("env", {})
+            table(done, out, suffix, task, leverage(args.kuairand_bundle, preset, env, out) if done else "")
+    if "movielens" in args.parts:
+        done = grid(task_variants("return_time", {"preset": "kuaisim"}, "movielens"), args.seeds,
+                    runs / "resact-movielens", args.movielens_bundle)
+        table(done, results / "resact_movielens", "movielens", "return_time", paper_table2())
+    if "ablations" in args.parts:
+        base = OFFLINE / "resact-kuaisim.yaml"
+        over = {**SATISFACTION, "task": "return_time", "agent": {"retention_weight": 1.0}}
+        variants = [("resact", {}), ("resact-no-residual", {"residual": False}),
+                    ("resact-no-expressiveness", {"expressiveness": False}),
+                    ("resact-no-conciseness", {"conciseness": False}),
+                    *((f"resact-n{n}", {"n_candidates": n}) for n in N_LATENTS if n != 10)]
+        done = grid([(label, base, {**over, "agent": {**over["agent"], **a}}) for label, a in variants],
+                    args.ablation_seeds, runs / "resact-ablations", args.kuairand_bundle)
+        if done:
+            print(write_comparison(done, results / "resact_ablations", reference_among=["resact"])[0])
+
+
+if __name__ == "__main__":
+    main()
