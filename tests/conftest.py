@@ -114,3 +114,20 @@ def reload_after_updates(build, cfg: dict, sim, obs, batch, updates: int = 2):
     fresh = build(sim, dict(cfg), 5)
     fresh.load_state_dict(torch.load(buf, weights_only=True))
     return agent, fresh
+
+
+@pytest.fixture(scope="module")
+def synthetic_sim():
+    """The synthetic simulator of the retention-path and offline-RL tests (64 users, 300 items, seed 0)."""
+    from retentionrl.simulator.synthetic import make_synthetic_simulator
+
+    return make_synthetic_simulator(n_users=64, n_items=300, seed=0)
+
+
+@pytest.fixture(scope="module")
+def synthetic_rollout(synthetic_sim):
+    """(obs, batch): 12 steps of 8 training users acting with uniform [-1, 1]^7 weights (5-request sessions), 32
+    replay rows with session ends and others."""
+    first, batch = random_rollout(synthetic_sim, steps=12, rows=32)
+    assert batch["session_end"].any() and (~batch["session_end"]).any()
+    return first, batch

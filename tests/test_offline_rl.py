@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_rollout, reload_after_updates
+from conftest import reload_after_updates
 from torch import nn
 
 from retentionrl.agents import AGENTS, bcq, cql, il_cvae, iql, make_agent, td3bc
@@ -22,7 +22,7 @@ from retentionrl.nets.actor_critic import best_candidate
 from retentionrl.nets.cvae import CVAE, standard_normal_kl
 from retentionrl.simulator.env import preset
 from retentionrl.simulator.synthetic import (
-    CLICK, LONG_VIEW, RETENTION_ENV, expected_return_day_of_weights, make_synthetic_simulator,
+    CLICK, LONG_VIEW, RETENTION_ENV, expected_return_day_of_weights,
 )
 from retentionrl.training import OFFLINE_ALGOS, load_trained, trainer_for
 from retentionrl.training.offline import EpochSampler, OfflineTrainConfig, generate_logs, train_offline
@@ -35,16 +35,13 @@ SMALL = {"batch_size": 16, "hidden": [16], "state_dim": 16, "token_dim": 8}
 
 
 @pytest.fixture(scope="module")
-def sim():
-    return make_synthetic_simulator(n_users=64, n_items=300, seed=0)
+def sim(synthetic_sim):
+    return synthetic_sim
 
 
 @pytest.fixture(scope="module")
-def rollout(sim):
-    """(obs, batch): 32 replay rows of uniform [-1, 1]^7 actions, with session ends and other rows."""
-    first, batch = random_rollout(sim, steps=12, rows=32)
-    assert batch["session_end"].any() and (~batch["session_end"]).any()
-    return first, batch
+def rollout(synthetic_rollout):
+    return synthetic_rollout
 
 
 def _record(monkeypatch, module, name: str) -> list[dict]:

@@ -17,7 +17,6 @@ from retentionrl.simulator.synthetic import (
     LONG_VIEW,
     RETENTION_ENV,
     expected_return_day_of_weights,
-    make_synthetic_simulator,
 )
 from retentionrl.spaces import obs_from_batch
 from retentionrl.training.offline import EpochSampler, OfflineTrainConfig, generate_logs, train_offline
@@ -28,8 +27,8 @@ NET = {"batch_size": 64, "hidden": [32], "state_dim": 16, "token_dim": 8, "z_dim
 
 
 @pytest.fixture(scope="module")
-def sim():
-    return make_synthetic_simulator(n_users=64, n_items=300, seed=0)
+def sim(synthetic_sim):
+    return synthetic_sim
 
 
 @pytest.fixture(scope="module")

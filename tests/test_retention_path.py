@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_rollout
 from torch import nn
 
 from retentionrl.agents import gfn4retention, rlur, sac, td3
@@ -20,7 +19,6 @@ from retentionrl.simulator.synthetic import (
     RETENTION_ENV,
     expected_return_day_of_weights,
     item_probabilities,
-    make_synthetic_simulator,
 )
 from retentionrl.training.buffer import obs_from_batch
 
@@ -28,16 +26,13 @@ SMALL = {"batch_size": 16, "hidden": [16], "state_dim": 16, "token_dim": 8}
 
 
 @pytest.fixture(scope="module")
-def sim():
-    return make_synthetic_simulator(n_users=64, n_items=300, seed=0)
+def sim(synthetic_sim):
+    return synthetic_sim
 
 
 @pytest.fixture(scope="module")
-def rollout(sim):
-    """(obs, batch): 12 steps of 8 training users (5-request sessions), 32 rows with session ends and others."""
-    first, batch = random_rollout(sim, steps=12, rows=32)
-    assert batch["session_end"].any() and (~batch["session_end"]).any()
-    return first, batch
+def rollout(synthetic_rollout):
+    return synthetic_rollout
 
 
 # --- TD3 ---------------------------------------------------------------------------------------------------

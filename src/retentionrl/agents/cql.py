@@ -30,7 +30,7 @@ from retentionrl.agents.base import agent_spec
 from retentionrl.agents.sac import SAC, SACConfig
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.actor_critic import (
-    AgentSpec, done_mask, gradient_step, mixed_reward, soft_update, squashed_sample, time_aware,
+    AgentSpec, done_mask, gradient_step, mixed_reward, squashed_sample, time_aware,
 )
 from retentionrl.simulator.env import EnvConfig
 from retentionrl.spaces import obs_from_batch
@@ -122,16 +122,7 @@ class CQL(SAC):
             info["alpha_prime_loss"] = gradient_step(self.alpha_prime_opt, -alpha_prime * cfg.alpha_cql * gap)
             info["alpha_prime"] = float(self.log_alpha_prime.detach().exp())
 
-        pi, logp = self.actor.sample(obs, self.gen)
-        actor_loss = (alpha * logp - torch.min(self.q1.for_actor(obs, pi), self.q2.for_actor(obs, pi))).mean()
-        info.update(actor_loss=gradient_step(self.actor_opt, actor_loss), entropy=float(-logp.detach().mean()))
-        if self.alpha_opt is not None:
-            alpha_loss = -(self.log_alpha * (logp.detach() + cfg.target_entropy)).mean()
-            info["alpha_loss"] = gradient_step(self.alpha_opt, alpha_loss)
-        info["alpha"] = self.alpha
-        for net, tgt in ((self.q1, self.q1_t), (self.q2, self.q2_t)):
-            soft_update(net, tgt, cfg.tau)
-        self.n_updates += 1
+        info.update(self.policy_step(obs, alpha))  # SAC's actor, temperature and target steps
         return info
 
     def state_dict(self) -> dict[str, Any]:

@@ -87,11 +87,15 @@ class SAC(TorchAgent):
             v2 = torch.min(self.q1_t(nxt, a2), self.q2_t(nxt, a2)) - alpha * logp2
             target = r + cfg.gamma * (1 - done) * v2  # (N,)
         critic_loss, q1 = critic_step([self.q1, self.q2], self.critic_opt, obs, batch["action"], target)
+        return {"critic_loss": critic_loss, "q": float(q1.mean()), **self.policy_step(obs, alpha)}
 
+    def policy_step(self, obs: Obs, alpha: Tensor) -> dict[str, float]:
+        """After the critics' step: the actor (``α log π − min Q``), the temperature (towards the target entropy),
+        the Polyak target update and the update count (shared with CQL)."""
+        cfg = self.cfg
         pi, logp = self.actor.sample(obs, self.gen)
         actor_loss = gradient_step(self.actor_opt, (alpha * logp - torch.min(self.q1.for_actor(obs, pi), self.q2.for_actor(obs, pi))).mean())
-        info = {"critic_loss": critic_loss, "actor_loss": actor_loss, "q": float(q1.mean()),
-                "entropy": float(-logp.detach().mean())}
+        info = {"actor_loss": actor_loss, "entropy": float(-logp.detach().mean())}
         if self.alpha_opt is not None:
             alpha_loss = -(self.log_alpha * (logp.detach() + cfg.target_entropy)).mean()
             info["alpha_loss"] = gradient_step(self.alpha_opt, alpha_loss)
