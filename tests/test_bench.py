@@ -138,3 +138,16 @@ def test_run_selected_runs_only_the_matching_labels_and_returns_every_finished_c
     assert run_selected(grid, no_run=True) == [grid[1].run_dir]  # nothing run, the finished cell returned
     assert run_selected(grid, only=["nothing*"]) == [grid[1].run_dir]
     assert run_selected(grid, log=lambda *_: None) == [grid[0].run_dir, grid[1].run_dir]
+
+
+def test_sweep_table_shows_the_disagreement_columns_when_every_run_has_them(tmp_path):
+    from retentionrl.bench.report import sweep_plot
+
+    ev = lambda rt, d: {"return_time": rt, "click_rate": 0.9, "disagreement_click": d, "disagreement_return": d / 2}  # noqa: E731
+    runs = {"a": [{"eval": ev(2.0, 0.3)}, {"eval": ev(2.2, 0.5)}], "b": [{"eval": ev(1.0, 0.1)}]}
+    md = sweep_plot(runs, {"a": 1.0, "b": 2.0}, tmp_path / "s.png", "x")
+    assert "disagree. click" in md and "disagree. return" in md
+    assert "| 1 | 2 | 2.100 ± " in md and "| 0.400 ± " in md  # a's mean disagreement, with its CI
+    del runs["b"][0]["eval"]["disagreement_click"]  # a run without it (an older bundle): the column is left out
+    md = sweep_plot(runs, {"a": 1.0, "b": 2.0}, tmp_path / "s.png", "x")
+    assert "disagree. click" not in md and "disagree. return" in md

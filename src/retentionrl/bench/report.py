@@ -201,13 +201,17 @@ def write_comparison(run_dirs: list[str | Path], out: str | Path, reference: str
 def sweep_plot(runs: dict[str, list[dict[str, Any]]], values: dict[str, float], path: Path, xlabel: str,
                metrics: tuple[str, ...] = ("return_time", "click_rate"), log_x: bool = False) -> str:
     """One panel per metric: mean ± 95% CI over seeds against a swept parameter. ``values``: method -> x
-    (``log_x``: a log axis). Writes the PNG and returns a markdown table of the same numbers."""
+    (``log_x``: a log axis). Writes the PNG and returns a markdown table of the same numbers. The ensemble's
+    disagreement metrics are added whenever every run has them (bundles with an ensemble), as in every
+    comparison table."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     order = sorted((m for m in values if m in runs), key=values.get)
+    metrics = (*metrics, *(d for d in ("disagreement_click", "disagreement_return") if d not in metrics
+                           and order and all(d in r["eval"] for m in order for r in runs[m])))
     stats = {metric: [mean_ci([r["eval"][metric] for r in runs[m]]) for m in order] for metric in metrics}
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.6))
     for ax, metric in zip(axes if len(metrics) > 1 else [axes], metrics):
