@@ -52,7 +52,6 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +61,8 @@ import numpy as np
 import torch
 import yaml
 
+from retentionrl.bench import reference
+from retentionrl.bench.reference import Cell, eval_fields, fmt_ci
 from retentionrl.agents.base import Agent
 from retentionrl.bench.grid import run_parallel
 from retentionrl.evaluation.stats import mean_ci, welch_t_test
@@ -81,18 +82,11 @@ SAC_TEMP = {"alpha": 0.2, "autotune": True, "target_entropy": -7.0}
 
 # --- settings --------------------------------------------------------------------------------------------------
 def bundle_path(bundle: str | Path) -> Path:
-    """A bundle given relative to the repository (as stored in the settings) or absolute."""
-    p = Path(bundle)
-    return p if p.is_absolute() else REPO / p
+    return reference.bundle_path(bundle, REPO)
 
 
 def bundle_key(bundle: str | Path) -> str:
-    """How a bundle is stored in the settings: relative to the repository when inside it (portable runs)."""
-    p = Path(bundle).resolve()
-    try:
-        return str(p.relative_to(REPO))
-    except ValueError:
-        return str(p)
+    return reference.bundle_key(bundle, REPO)
 
 
 def settings_for(algo: str, bundle: str, steps: int = 1000, lr: float = 1e-3, **overrides: Any) -> dict[str, Any]:
@@ -140,10 +134,6 @@ def train_config(s: dict[str, Any], seed: int, checkpoint_every: int | None = No
 
 def _n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def _eval_fields(res: dict[str, Any]) -> dict[str, Any]:
-    return {"eval": res["mean"], "eval_per_seed": [{"seed": r["seed"], **r["metrics"]} for r in res["per_seed"]]}
 
 
 # --- one cell: ours ----------------------------------------------------------------------------------------------
@@ -234,38 +224,11 @@ def run_sb3(s: dict[str, Any], seed: int, sim, run_dir: str | Path) -> dict[str,
     layout = FlatLayout.from_env(model.get_env().envs[0].unwrapped.env)
     res = evaluate_policy(SB3Agent(model, layout), sim, train_config(s, seed).eval_config())
     nets = {"actor": _n_params(model.actor), "critic": _n_params(model.critic)}
-    return {**_eval_fields(res), "train_seconds": round(t_train, 2), "eval_seconds": round(res["wall_time"], 2),
+    return {**eval_fields(res), "train_seconds": round(t_train, 2), "eval_seconds": round(res["wall_time"], 2),
             "transitions": int(model.num_timesteps), "updates": updates, "params": nets}
 
 
 # --- grid --------------------------------------------------------------------------------------------------------
-@dataclass
-class Cell:
-    algo: str
-    impl: str
-    seed: int
-    settings: dict[str, Any]
-    runs: str
-
-    @property
-    def dir(self) -> Path:
-        return Path(self.runs) / f"{self.algo}-{self.impl}" / f"seed{self.seed}"
-
-    @property
-    def result_path(self) -> Path:
-        return self.dir / "result.json"
-
-    def finished(self) -> bool:
-        if not self.result_path.is_file():
-            return False
-        saved = json.loads(self.result_path.read_text())["settings"]
-        if saved != self.settings:
-            diff = sorted(k for k in set(saved) | set(self.settings) if saved.get(k) != self.settings.get(k))
-            raise SystemExit(f"{self.result_path}: finished with other settings (differ in: {', '.join(diff)}); "
-                             "use another --runs folder")
-        return True
-
-
 def run_cell(cell: Cell, checkpoint_every: int | None = None) -> dict[str, Any]:
     """Run one cell in this process (one torch thread) and save its result.json; returns the result."""
     from retentionrl.simulator.bundle import Simulator
@@ -296,12 +259,6 @@ def run_grid(grid: list[Cell], workers: int = 1, checkpoint_every: int | None = 
     log(f"[reference-check] {len(grid)} cells, {len(grid) - len(todo)} already finished, {len(todo)} to run")
     for msg in run_parallel(_run_cell_star, [(c, checkpoint_every) for c in todo], workers):
         log("  " + msg)
-
-
-def _fmt(ci: dict[str, Any], digits: int = 4) -> str:
-    if ci["half_width"] is None:
-        return f"{ci['mean']:.{digits}f}"
-    return f"{ci['mean']:.{digits}f} ± {ci['half_width']:.{digits}f}"
 
 
 def report(grid: list[Cell]) -> str:
@@ -343,7 +300,7 @@ def report(grid: list[Cell]) -> str:
             clk = mean_ci([r["eval"]["click_rate"] for r in rs])
             secs = mean_ci([r["train_seconds"] for r in rs])
             seeds = ",".join(str(r["seed"]) for r in rs)
-            lines.append(f"| {algo} | {impl} | {seeds} | {_fmt(vals[impl][1])} | {_fmt(ret)} | {_fmt(clk)} | "
+            lines.append(f"| {algo} | {impl} | {seeds} | {fmt_ci(vals[impl][1])} | {fmt_ci(ret)} | {fmt_ci(clk)} | "
                          f"{secs['mean']:.0f} | {rs[0]['updates']} |")
         if len(vals) == 2 and min(len(v[0]) for v in vals.values()) >= 2:
             (a, ca), (b, cb) = vals["ours"], vals["sb3"]

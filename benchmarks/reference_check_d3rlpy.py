@@ -110,7 +110,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from retentionrl.bench import reference
+from retentionrl.bench.reference import Cell, eval_fields, fmt_ci
 from retentionrl.agents.base import Agent, agent_spec
 from retentionrl.bench.grid import run_parallel
 from retentionrl.config import from_dict, load_config, merge
@@ -145,16 +147,11 @@ VENV_MARKER = ".retentionrl-ready"
 
 # --- settings ------------------------------------------------------------------------------------------------
 def bundle_path(bundle: str | Path) -> Path:
-    p = Path(bundle)
-    return p if p.is_absolute() else REPO / p
+    return reference.bundle_path(bundle, REPO)
 
 
 def bundle_key(bundle: str | Path) -> str:
-    p = Path(bundle).resolve()
-    try:
-        return str(p.relative_to(REPO))
-    except ValueError:
-        return str(p)
+    return reference.bundle_key(bundle, REPO)
 
 
 def _agent_config_class(algo: str) -> type:
@@ -358,10 +355,6 @@ def expected_ours(algo: str, formula: dict[str, int]) -> dict[str, int]:
 
 
 # --- one cell: ours -------------------------------------------------------------------------------------------
-def _eval_fields(res: dict[str, Any]) -> dict[str, Any]:
-    return {"eval": res["mean"], "eval_per_seed": [{"seed": r["seed"], **r["metrics"]} for r in res["per_seed"]]}
-
-
 def _layout(cfg, sim) -> FlatLayout:
     return agent_spec(sim, cfg.env_config(), clock=time_aware(cfg.agent.get("terminal", "none"))).flat_layout()
 
@@ -482,40 +475,13 @@ def run_d3rlpy(s: dict[str, Any], seed: int, sim, cell_dir: str | Path, python: 
     module = torch.jit.load(str(cell_dir / "policy.pt"))
     module.eval()
     res = evaluate_policy(TorchScriptPolicy(module, layout), sim, cfg.eval_config())
-    return {**_eval_fields(res), "train_seconds": w["train_seconds"], "eval_seconds": round(res["wall_time"], 2),
+    return {**eval_fields(res), "train_seconds": w["train_seconds"], "eval_seconds": round(res["wall_time"], 2),
             "updates": w["updates"], "transitions": w["transitions"], "params": w["params"],
             "worker": {k: w[k] for k in ("d3rlpy", "torch", "torch_threads", "episodes", "build_seconds",
                                          "last_losses")}}
 
 
 # --- grid -------------------------------------------------------------------------------------------------------
-@dataclass
-class Cell:
-    algo: str
-    impl: str
-    seed: int
-    settings: dict[str, Any]
-    runs: str
-
-    @property
-    def dir(self) -> Path:
-        return Path(self.runs) / f"{self.algo}-{self.impl}" / f"seed{self.seed}"
-
-    @property
-    def result_path(self) -> Path:
-        return self.dir / "result.json"
-
-    def finished(self) -> bool:
-        if not self.result_path.is_file():
-            return False
-        saved = json.loads(self.result_path.read_text())["settings"]
-        if saved != self.settings:
-            diff = sorted(k for k in set(saved) | set(self.settings) if saved.get(k) != self.settings.get(k))
-            raise SystemExit(f"{self.result_path}: finished with other settings (differ in: {', '.join(diff)}); "
-                             "use another --runs folder")
-        return True
-
-
 def run_cell(cell: Cell, python: str | None = None) -> dict[str, Any]:
     """Run one cell here (one torch thread) and save its result.json; returns the result."""
     from retentionrl.simulator.bundle import Simulator
@@ -548,12 +514,6 @@ def run_grid(grid: list[Cell], workers: int = 1, venv: Path = VENV, log=print) -
     python = str(ensure_venv(venv, log=log)) if any(c.impl == "d3rlpy" for c in todo) else None
     for msg in run_parallel(_run_cell_star, [(c, python) for c in todo], workers):
         log("  " + msg)
-
-
-def _fmt(ci: dict[str, Any], digits: int = 4) -> str:
-    if ci["half_width"] is None:
-        return f"{ci['mean']:.{digits}f}"
-    return f"{ci['mean']:.{digits}f} ± {ci['half_width']:.{digits}f}"
 
 
 def _params(p: dict[str, int]) -> str:
@@ -600,7 +560,7 @@ def report(grid: list[Cell]) -> str:
             clk = mean_ci([r["eval"]["click_rate"] for r in rs])
             secs = mean_ci([r["train_seconds"] for r in rs])
             seeds = ",".join(str(r["seed"]) for r in rs)
-            lines.append(f"| {NAMES[algo]} | {impl} | {seeds} | {_fmt(vals[impl][1])} | {_fmt(ret)} | {_fmt(clk)} | "
+            lines.append(f"| {NAMES[algo]} | {impl} | {seeds} | {fmt_ci(vals[impl][1])} | {fmt_ci(ret)} | {fmt_ci(clk)} | "
                          f"{secs['mean']:.1f} | {rs[0]['updates']} | {_params(rs[0]['params'])} |")
         if len(vals) == 2 and min(len(v[0]) for v in vals.values()) >= 2:
             (a, ca), (b, cb) = vals["ours"], vals["d3rlpy"]
