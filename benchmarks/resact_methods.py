@@ -1,6 +1,6 @@
 """ResAct beside the offline RL baselines of its slides (Tables 2-3), on ResAct's three tasks, and its ablations.
 
-    python benchmarks/resact_methods.py [--parts kuairand learned movielens ablations]
+    python benchmarks/resact_methods.py [--parts kuairand learned movielens ablations cql-alpha]
                                         [--tasks return_time session_length both] [--workers 2] [--only GLOB] [--no-run]
 
 Every cell is an offline run (``configs/train/offline/``): all methods learn from the same logs of the Gaussian
@@ -21,6 +21,11 @@ methods then train with ``retention_weight 1`` (the task reward is 0-5 per sessi
 * ``ablations``: ResAct w/o residual (Δ = 0, the CVAE's candidates selected by Q1), w/o expressiveness, w/o
   conciseness, and the number of latent samples n in {1, 5, 10, 20} x 3 seeds, return-time task, KuaiSim
   (satisfaction) -> ``resact_ablations/``.
+* ``cql-alpha``: CQL's conservative weight alpha_cql in {0, 1, 5 (the default), 10} x 3 seeds beside IL (BC),
+  return-time task, KuaiSim (satisfaction) -> ``resact_cql_alpha/``. On the synthetic case of
+  tests/test_offline_rl.py alpha_cql 5 clones the Gaussian logs (4.21 days, = BC) while alpha 0 reaches the
+  optimum (1.6) — and on bimodal logs the same alpha 0 leaves the data (4.3) where alpha 5 takes the better mode:
+  this part measures where the benchmark's logs sit between the two.
 
 t-tests are against the best baseline (by return time), as in the papers.
 """
@@ -32,7 +37,8 @@ from pathlib import Path
 
 from retentionrl.bench.grid import cells, grid_arguments, run_selected
 from retentionrl.bench.leverage import bounds_markdown, measured_bounds
-from retentionrl.bench.report import write_comparison
+from retentionrl.bench.report import load_runs, sweep_plot, write_comparison
+from retentionrl.config import merge
 from retentionrl.evaluation.protocol import EvalConfig
 from retentionrl.simulator.bundle import Simulator
 from retentionrl.utils.io import write_text_atomic
@@ -45,6 +51,7 @@ RL = {"resact", "ddpg", "td3", "td3bc", "bcq", "iql", "cql"}  # methods that rea
 TASKS = ["return_time", "session_length", "both"]
 SATISFACTION = {"env": {"leave": {"kind": "satisfaction"}}}
 N_LATENTS = [1, 5, 10, 20]
+CQL_ALPHAS = [0.0, 1.0, 5.0, 10.0]  # 5: the default (configs/train/offline/cql-kuaisim.yaml)
 # ResAct slides, Table 2 (MovieLens-1M, return-time task, NCIS), mean ± 95% CI.
 TABLE2 = {"DDPG": "1.7429 ± 0.0545", "TD3": "1.7363 ± 0.0546", "TD3_BC": "1.7135 ± 0.0541",
           "BCQ": "1.7898 ± 0.0320", "IQL": "1.7360 ± 0.0546", "IL": "1.7485 ± 0.0310", "IL_CVAE": "1.7344 ± 0.0316"}
@@ -82,7 +89,7 @@ def leverage(bundle: str, preset: str, env: dict, out: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    grid_arguments(ap, ["kuairand", "learned", "movielens", "ablations"],
+    grid_arguments(ap, ["kuairand", "learned", "movielens", "ablations", "cql-alpha"],
                    {"kuairand": str(REPO / "bundles" / "kuairand-pure"), "movielens": str(REPO / "bundles" / "ml-100k")})
     ap.add_argument("--tasks", nargs="+", default=TASKS, choices=TASKS)
     args = ap.parse_args()
@@ -123,6 +130,24 @@ def main() -> None:
                     args.ablation_seeds, runs / "resact-ablations", args.kuairand_bundle)
         if done:
             print(write_comparison(done, results / "resact_ablations", reference_among=["resact"])[0])
+    if "cql-alpha" in args.parts:
+        # The default alpha and BC keep the labels (and so the cells) of the kuairand part's return-time table.
+        variants = [v for v in task_variants("return_time", SATISFACTION, "kuaisim") if v[0].split("-")[0] in ("bc", "cql")]
+        cql = next(v for v in variants if v[0].startswith("cql-"))
+        values = {cql[0]: 5.0}
+        for alpha in CQL_ALPHAS:
+            if alpha != 5.0:
+                label = f"{cql[0]}-alpha{alpha:g}"
+                variants.append((label, cql[1], merge(cql[2], {"agent": {"alpha_cql": alpha}})))
+                values[label] = alpha
+        done = grid(variants, args.ablation_seeds, runs / "resact-kuaisim", args.kuairand_bundle)
+        if done:
+            out = results / "resact_cql_alpha"
+            print(write_comparison(done, out, reference_among=[v[0] for v in variants])[0])
+            md = sweep_plot({m: r for m, r in load_runs(done).items() if m in values}, values,
+                            out / "alpha_sweep.png", "alpha_cql")
+            write_text_atomic(out / "alpha_sweep.md", md)
+            print(md)
 
 
 if __name__ == "__main__":
