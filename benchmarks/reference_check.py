@@ -62,10 +62,10 @@ import torch
 import yaml
 
 from retentionrl.bench import reference
-from retentionrl.bench.reference import Cell, eval_fields, fmt_ci
+from retentionrl.bench.reference import Cell, eval_fields
 from retentionrl.agents.base import Agent
 from retentionrl.bench.grid import run_parallel
-from retentionrl.evaluation.stats import mean_ci, welch_t_test
+from retentionrl.evaluation.stats import mean_ci
 from retentionrl.simulator.env import preset
 from retentionrl.spaces import FlatLayout, Obs, flat_features
 from retentionrl.utils.io import write_json_atomic, write_text_atomic
@@ -283,33 +283,23 @@ def report(grid: list[Cell]) -> str:
         ("Return time in days (lower is better); mean ± 95% CI (Student t) over training seeds. Train seconds "
          "exclude evaluation; ours steps one batched simulator, SB3 32 single-user ones."),
         "",
-        "| algo | method | seeds | return time ↓ | retention ↑ | click rate ↑ | train s | updates |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| algo | method | seeds | {reference.metric_header()} | train s | updates |",
+        "|---" * (3 + len(reference.METRICS) + 2) + "|",
     ]
     verdicts = []
     for algo in dict.fromkeys(c.algo for c in grid):
-        vals = {}
+        return_times = {}
         for impl in IMPLS:
             rs = sorted(done.get((algo, impl), []), key=lambda r: r["seed"])
             if not rs:
-                lines.append(f"| {algo} | {impl} | 0 | – | – | – | – | – |")
+                lines.append(f"| {algo} | {impl} | 0 | " + "– | " * len(reference.METRICS) + "– | – |")
                 continue
-            rt = [r["eval"]["return_time"] for r in rs]
-            vals[impl] = (rt, mean_ci(rt))
-            ret = mean_ci([r["eval"]["retention"] for r in rs])
-            clk = mean_ci([r["eval"]["click_rate"] for r in rs])
+            return_times[impl] = [r["eval"]["return_time"] for r in rs]
             secs = mean_ci([r["train_seconds"] for r in rs])
             seeds = ",".join(str(r["seed"]) for r in rs)
-            lines.append(f"| {algo} | {impl} | {seeds} | {fmt_ci(vals[impl][1])} | {fmt_ci(ret)} | {fmt_ci(clk)} | "
-                         f"{secs['mean']:.0f} | {rs[0]['updates']} |")
-        if len(vals) == 2 and min(len(v[0]) for v in vals.values()) >= 2:
-            (a, ca), (b, cb) = vals["ours"], vals["sb3"]
-            w = welch_t_test(a, b)
-            overlap = ca["ci_low"] <= cb["ci_high"] and cb["ci_low"] <= ca["ci_high"]
-            verdicts.append(f"* **{algo}**: ours − SB3 return time = {ca['mean'] - cb['mean']:+.4f} days, Welch "
-                            f"t = {w['t']:.2f}, p = {w['p_value']:.3g}; 95% CIs {'overlap' if overlap else 'do NOT overlap'}.")
-        else:
-            verdicts.append(f"* **{algo}**: not enough finished seeds for a test (need ≥ 2 per side).")
+            lines.append(f"| {algo} | {impl} | {seeds} | " + " | ".join(reference.metric_cells(rs))
+                         + f" | {secs['mean']:.0f} | {rs[0]['updates']} |")
+        verdicts.append(reference.verdict(algo, "SB3", return_times.get("ours"), return_times.get("sb3")))
     lines += ["", "Ours vs SB3 (Welch's t-test on the per-seed return time):", "", *verdicts, ""]
     return "\n".join(lines)
 

@@ -121,12 +121,12 @@ import torch
 from torch import Tensor
 
 from retentionrl.bench import reference
-from retentionrl.bench.reference import Cell, eval_fields, fmt_ci
+from retentionrl.bench.reference import Cell, eval_fields
 from retentionrl.agents.base import Agent, agent_spec
 from retentionrl.bench.grid import run_parallel
 from retentionrl.config import from_dict, load_config, merge
 from retentionrl.errors import RetentionRLError
-from retentionrl.evaluation.stats import mean_ci, welch_t_test
+from retentionrl.evaluation.stats import mean_ci
 from retentionrl.nets.actor_critic import mixed_reward, time_aware
 from retentionrl.spaces import FlatLayout, Obs, flat_features, obs_from_batch
 from retentionrl.utils.io import write_json_atomic, write_text_atomic
@@ -543,34 +543,23 @@ def report(grid: list[Cell]) -> str:
         "Return time in days (lower is better); mean ± 95% CI (Student t) over seeds. Train seconds: the update "
         "loop only.",
         "",
-        "| algo | impl | seeds | return time ↓ | retention ↑ | click rate ↑ | train s | updates | parameters |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| algo | impl | seeds | {reference.metric_header()} | train s | updates | parameters |",
+        "|---" * (3 + len(reference.METRICS) + 3) + "|",
     ]
     verdicts = []
     for algo in dict.fromkeys(c.algo for c in grid):
-        vals = {}
+        return_times = {}
         for impl in IMPLS:
             rs = sorted(done.get((algo, impl), []), key=lambda r: r["seed"])
             if not rs:
-                lines.append(f"| {NAMES[algo]} | {impl} | 0 | – | – | – | – | – | – |")
+                lines.append(f"| {NAMES[algo]} | {impl} | 0 | " + "– | " * len(reference.METRICS) + "– | – | – |")
                 continue
-            rt = [r["eval"]["return_time"] for r in rs]
-            vals[impl] = (rt, mean_ci(rt))
-            ret = mean_ci([r["eval"]["retention"] for r in rs])
-            clk = mean_ci([r["eval"]["click_rate"] for r in rs])
+            return_times[impl] = [r["eval"]["return_time"] for r in rs]
             secs = mean_ci([r["train_seconds"] for r in rs])
             seeds = ",".join(str(r["seed"]) for r in rs)
-            lines.append(f"| {NAMES[algo]} | {impl} | {seeds} | {fmt_ci(vals[impl][1])} | {fmt_ci(ret)} | {fmt_ci(clk)} | "
-                         f"{secs['mean']:.1f} | {rs[0]['updates']} | {_params(rs[0]['params'])} |")
-        if len(vals) == 2 and min(len(v[0]) for v in vals.values()) >= 2:
-            (a, ca), (b, cb) = vals["ours"], vals["d3rlpy"]
-            w = welch_t_test(a, b)
-            overlap = ca["ci_low"] <= cb["ci_high"] and cb["ci_low"] <= ca["ci_high"]
-            verdicts.append(f"* **{NAMES[algo]}**: ours − d3rlpy return time = {ca['mean'] - cb['mean']:+.4f} days, "
-                            f"Welch t = {w['t']:.2f}, p = {w['p_value']:.3g}; 95% CIs "
-                            f"{'overlap' if overlap else 'do NOT overlap'}.")
-        else:
-            verdicts.append(f"* **{NAMES[algo]}**: not enough finished seeds for a test (need ≥ 2 per side).")
+            lines.append(f"| {NAMES[algo]} | {impl} | {seeds} | " + " | ".join(reference.metric_cells(rs))
+                         + f" | {secs['mean']:.1f} | {rs[0]['updates']} | {_params(rs[0]['params'])} |")
+        verdicts.append(reference.verdict(NAMES[algo], "d3rlpy", return_times.get("ours"), return_times.get("d3rlpy")))
     lines += ["", "Ours vs d3rlpy (Welch's t-test on the per-seed return time):", "", *verdicts, "",
               "IQL's d3rlpy actor has 7 parameters more than ours: its state-independent log-std (a Gaussian actor; "
               "ours is deterministic).", ""]

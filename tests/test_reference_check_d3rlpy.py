@@ -200,8 +200,9 @@ def test_report_from_fake_cells(rc, tmp_path):
         rc.write_json_atomic(c.result_path, {"settings": s, "seed": 0, "eval": ev, "train_seconds": 3.0,
                                              "updates": 20, "params": params})
     md = rc.report([ours, ref])
-    assert "| IQL | ours | 0 | 2.2500 | 0.5000 | 0.7500 | 3.0 | 20 | actor 100 / critic 200 / value 50 |" in md
-    assert "| IQL | d3rlpy | 0 | 2.5000 | 0.5000 | 0.7500 | 3.0 | 20 |" in md
+    # No ensemble in these results: the two disagreement columns read "–".
+    assert "| IQL | ours | 0 | 2.2500 | 0.5000 | 0.7500 | – | – | 3.0 | 20 | actor 100 / critic 200 / value 50 |" in md
+    assert "| IQL | d3rlpy | 0 | 2.5000 | 0.5000 | 0.7500 | – | – | 3.0 | 20 |" in md
     assert "not enough finished seeds" in md
     # A second seed each: Welch's test of [2.25, 2.35] vs [2.5, 2.6], difference -0.25 days.
     more = [rc.Cell("iql", impl, 1, s, str(tmp_path)) for impl in rc.IMPLS]
@@ -209,9 +210,13 @@ def test_report_from_fake_cells(rc, tmp_path):
         c.dir.mkdir(parents=True)
         rc.write_json_atomic(c.result_path, {"settings": s, "seed": 1, "train_seconds": 3.0, "updates": 20,
                                              "params": params,
-                                             "eval": {"return_time": rt, "retention": 0.5, "click_rate": 0.75}})
+                                             "eval": {"return_time": rt, "retention": 0.5, "click_rate": 0.75,
+                                                      "disagreement_click": 0.2, "disagreement_return": 0.1}})
     md = rc.report([ours, ref, *more])
-    assert "| IQL | ours | 0,1 | 2.3000 ± 0.6353 |" in md  # t_{0.975, 1} * 0.0707 / sqrt(2) = 12.706 * 0.05
+    # Seed 1 has the disagreement, seed 0 not: a mean over part of the seeds would mislead, so "–".
+    assert "| IQL | ours | 0,1 | 2.3000 ± 0.6353 | 0.5000 ± 0.0000 | 0.7500 ± 0.0000 | – | – |" in md  # t_{0.975, 1} * 0.0707 / sqrt(2) = 12.706 * 0.05
+    only1 = rc.report(more)
+    assert "| IQL | ours | 1 | 2.3500 | 0.5000 | 0.7500 | 0.2000 | 0.1000 | 3.0 | 20 |" in only1
     assert "ours − d3rlpy return time = -0.2500 days, Welch t = -3.54" in md and "CIs overlap" in md
     other = rc.Cell("iql", "ours", 0, rc.settings_for("iql", "b", updates=21), str(tmp_path))
     with pytest.raises(SystemExit, match="updates"):
