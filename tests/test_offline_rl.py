@@ -418,6 +418,18 @@ LEARNERS = {
 UPDATES = 600
 
 
+def _trained_return_day(sim, cfg, logs, held, algo: str, agent_cfg: dict, seed: int) -> float:
+    """Train ``algo`` on ``logs`` for UPDATES minibatches of 64 (epoch sampler of ``seed``), then the mean exact
+    expected return day of its actions on the held-out states ``held``."""
+    agent = make_agent(algo, sim, dict(agent_cfg), seed=seed, env=cfg)
+    sampler = EpochSampler(len(logs["reward"]), 64, seed=seed)
+    for _ in range(UPDATES):
+        idx = sampler.next()
+        agent.update({k: v[idx] for k, v in logs.items()})
+    acts = agent.act(held)
+    return sum(expected_return_day_of_weights(sim, a, cfg) for a in acts) / len(acts)
+
+
 def test_td3bc_and_iql_beat_bc_on_the_same_logs_of_a_noisy_click_ranker(sim):
     """Logs: click-ranking plus N(0, 0.8^2) on every weight (32 users x 24 requests, 2-request sessions), whose
     exact expected return day is ~4.2 (click-ranking 4.27, the optimum long-view ranking 1.53). Trained on the
@@ -432,15 +444,8 @@ def test_td3bc_and_iql_beat_bc_on_the_same_logs_of_a_noisy_click_ranker(sim):
                          steps=24, seed=0, env=RET_ENV)
     held = obs_from_batch(generate_logs(sim, FixedWeightsAgent(list(CLICK)), "kuaisim", n_users=16, steps=2, seed=9,
                                         env=RET_ENV, users="test"))
-    days = {}
-    for name, (algo, agent_cfg) in LEARNERS.items():
-        agent = make_agent(algo, sim, dict(agent_cfg), seed=0, env=cfg)
-        sampler = EpochSampler(len(logs["reward"]), 64, seed=0)
-        for _ in range(UPDATES):
-            idx = sampler.next()
-            agent.update({k: v[idx] for k, v in logs.items()})
-        acts = agent.act(held)
-        days[name] = sum(expected_return_day_of_weights(sim, a, cfg) for a in acts) / len(acts)
+    days = {name: _trained_return_day(sim, cfg, logs, held, algo, agent_cfg, 0)
+            for name, (algo, agent_cfg) in LEARNERS.items()}
     best = expected_return_day_of_weights(sim, LONG_VIEW, cfg)
     assert days["bc"] > 3.5, days  # cloning the logs keeps the click-ranker's return time
     for rl, off in (("td3bc", "td3bc_alpha0"), ("iql", "iql_beta0")):
@@ -486,15 +491,8 @@ def test_cql_and_bcq_pick_the_retention_optimal_mode_of_bimodal_logs_where_bc_av
     logs = generate_logs(sim, _Bimodal(), "kuaisim", n_users=32, steps=24, seed=0, env=RET_ENV)
     held = obs_from_batch(generate_logs(sim, FixedWeightsAgent(list(CLICK)), "kuaisim", n_users=16, steps=2, seed=9,
                                         env=RET_ENV, users="test"))
-    days = {}
-    for name, (algo, agent_cfg, seed) in BIMODAL.items():
-        agent = make_agent(algo, sim, dict(agent_cfg), seed=seed, env=cfg)
-        sampler = EpochSampler(len(logs["reward"]), 64, seed=seed)
-        for _ in range(UPDATES):
-            idx = sampler.next()
-            agent.update({k: v[idx] for k, v in logs.items()})
-        acts = agent.act(held)
-        days[name] = sum(expected_return_day_of_weights(sim, a, cfg) for a in acts) / len(acts)
+    days = {name: _trained_return_day(sim, cfg, logs, held, algo, agent_cfg, seed)
+            for name, (algo, agent_cfg, seed) in BIMODAL.items()}
     best = expected_return_day_of_weights(sim, LONG_VIEW, cfg)
     assert days["bc"] > best + 0.5, days
     for rl, off in (("cql", "cql_alpha0"), ("bcq", "bcq_generator")):
