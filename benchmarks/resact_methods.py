@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from retentionrl.agents.cql import CQLConfig
 from retentionrl.bench.grid import cells, grid_arguments, run_selected
 from retentionrl.bench.leverage import bounds_markdown, measured_bounds
 from retentionrl.bench.report import load_runs, sweep_plot, write_comparison
@@ -51,7 +52,7 @@ RL = {"resact", "ddpg", "td3", "td3bc", "bcq", "iql", "cql"}  # methods that rea
 TASKS = ["return_time", "session_length", "both"]
 SATISFACTION = {"env": {"leave": {"kind": "satisfaction"}}}
 N_LATENTS = [1, 5, 10, 20]
-CQL_ALPHAS = [0.0, 1.0, 5.0, 10.0]  # 5: the default (configs/train/offline/cql-kuaisim.yaml)
+CQL_ALPHAS = [0.0, 1.0, 5.0, 10.0]  # includes the default, CQLConfig.alpha_cql (the kuairand part's cells)
 # ResAct slides, Table 2 (MovieLens-1M, return-time task, NCIS), mean ± 95% CI.
 TABLE2 = {"DDPG": "1.7429 ± 0.0545", "TD3": "1.7363 ± 0.0546", "TD3_BC": "1.7135 ± 0.0541",
           "BCQ": "1.7898 ± 0.0320", "IQL": "1.7360 ± 0.0546", "IL": "1.7485 ± 0.0310", "IL_CVAE": "1.7344 ± 0.0316"}
@@ -134,9 +135,9 @@ def main() -> None:
         # The default alpha and BC keep the labels (and so the cells) of the kuairand part's return-time table.
         variants = [v for v in task_variants("return_time", SATISFACTION, "kuaisim") if v[0].split("-")[0] in ("bc", "cql")]
         cql = next(v for v in variants if v[0].startswith("cql-"))
-        values = {cql[0]: 5.0}
+        values = {cql[0]: CQLConfig.alpha_cql}
         for alpha in CQL_ALPHAS:
-            if alpha != 5.0:
+            if alpha != CQLConfig.alpha_cql:
                 label = f"{cql[0]}-alpha{alpha:g}"
                 variants.append((label, cql[1], merge(cql[2], {"agent": {"alpha_cql": alpha}})))
                 values[label] = alpha
