@@ -155,9 +155,9 @@ def test_critic_for_actor_has_forward_values_and_action_gradients(tiny_sim):
     assert any(g is not None for g in grads[0][2]) and all(g is None for g in grads[1][2])
 
 
-def test_feature_encoder_is_the_sum_of_per_column_embeddings_and_loads_old_tables():
-    """One merged table computes sum_j E_j[code_j mod bucket_j]; a state dict with per-column tables (bundles
-    and checkpoints saved before the merge) loads into it."""
+def test_feature_encoder_is_the_sum_of_per_column_embeddings_and_keeps_per_column_state():
+    """One merged table computes sum_j E_j[code_j mod bucket_j]; its state dict holds one table per column (the
+    layout of every bundle and checkpoint saved before the merge, which a fingerprint hashes) and loads back."""
     torch.manual_seed(0)
     enc = FeatureEncoder([3, 5, 10_000], 2, 4)
     cat, num = torch.tensor([[2, 4, 9_000], [0, 1, 3]]), torch.randn(2, 2)
@@ -165,8 +165,12 @@ def test_feature_encoder_is_the_sum_of_per_column_embeddings_and_loads_old_table
     want = sum(blocks[j][cat[:, j] % enc.buckets[j]] for j in range(3)) + enc.numeric(num)
     assert torch.allclose(enc(cat, num), enc.norm(want), atol=1e-6)
     assert enc.buckets[2] == 4096 and torch.equal(blocks[2][9_000 % 4096], enc.table.weight[3 + 5 + 9_000 % 4096])
-    old = {k: v for k, v in enc.state_dict().items() if k != "table.weight"}
-    old.update({f"embeds.{j}.weight": w.clone() + 1.0 for j, w in enumerate(blocks)})
+    state = enc.state_dict()
+    assert sorted(state) == ["embeds.0.weight", "embeds.1.weight", "embeds.2.weight", "norm.bias", "norm.weight",
+                             "numeric.bias", "numeric.weight"]
+    assert [tuple(state[f"embeds.{j}.weight"].shape) for j in range(3)] == [(3, 4), (5, 4), (4096, 4)]
     fresh = FeatureEncoder([3, 5, 10_000], 2, 4)
-    fresh.load_state_dict(old)
+    fresh.load_state_dict({k: v + 1.0 for k, v in state.items()})
     assert torch.equal(fresh.table.weight, enc.table.weight + 1.0)
+    outer = torch.nn.Sequential(enc)  # nested: the keys carry the prefix
+    assert "0.embeds.2.weight" in outer.state_dict() and "0.table.weight" not in outer.state_dict()

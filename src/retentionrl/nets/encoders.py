@@ -49,7 +49,10 @@ class FeatureEncoder(nn.Module):
     """(N, Fc) codes + (N, Fn) numbers -> (N, dim): sum of per-column embeddings and a numeric projection.
 
     The columns' tables are row blocks of one embedding table (column j's codes offset by the sizes of the tables
-    before it), so that a lookup is one gather and its gradient one scatter, however many columns there are."""
+    before it), so that a lookup is one gather and its gradient one scatter, however many columns there are. The
+    state dict keeps one tensor per column (``embeds.j.weight``), the layout bundles and checkpoints have always
+    had, so that they load unchanged and a simulator's fingerprint (a hash of its state dict) does not depend on
+    this implementation detail."""
 
     def __init__(self, cardinalities: list[int], n_numeric: int, dim: int, max_embed: int = 4096) -> None:
         super().__init__()
@@ -63,7 +66,8 @@ class FeatureEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
         if self.table is not None:
             nn.init.normal_(self.table.weight, std=0.05)
-        self._register_load_state_dict_pre_hook(self._from_per_column_tables)
+        self.register_state_dict_post_hook(self._to_per_column_tables)
+        self.register_load_state_dict_pre_hook(self._from_per_column_tables)
 
     def forward(self, cat: Tensor, num: Tensor) -> Tensor:
         out = self.table(cat % self._sizes + self._offsets).sum(-2) if self.table is not None else 0.0
@@ -73,11 +77,20 @@ class FeatureEncoder(nn.Module):
             raise ValueError("FeatureEncoder needs at least one feature column")
         return self.norm(out)
 
-    def _from_per_column_tables(self, state: dict, prefix: str, *args) -> None:
-        """Checkpoints and bundles saved before the tables were merged hold ``embeds.j.weight`` per column."""
-        old = [f"{prefix}embeds.{j}.weight" for j in range(len(self.buckets))]
-        if old and all(k in state for k in old):
-            state[f"{prefix}table.weight"] = torch.cat([state.pop(k) for k in old])
+    def _columns(self, prefix: str) -> list[str]:
+        return [f"{prefix}embeds.{j}.weight" for j in range(len(self.buckets))]
+
+    @staticmethod  # (torch marks a state-dict hook with an attribute, which a bound method cannot take)
+    def _to_per_column_tables(module: "FeatureEncoder", state: dict, prefix: str, meta: dict) -> None:
+        if module.table is not None:
+            table = state.pop(f"{prefix}table.weight")
+            state.update(zip(module._columns(prefix), table.split(module.buckets)))
+
+    @staticmethod
+    def _from_per_column_tables(module: "FeatureEncoder", state: dict, prefix: str, *args) -> None:
+        names = module._columns(prefix)
+        if names and all(k in state for k in names):
+            state[f"{prefix}table.weight"] = torch.cat([state.pop(k) for k in names])
 
 
 class _Block(nn.Module):
