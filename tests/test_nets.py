@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
-from retentionrl.nets.encoders import HistoryTransformer
+from retentionrl.nets.actor_critic import soft_update
+from retentionrl.nets.encoders import FeatureEncoder, HistoryTransformer
+from retentionrl.nets.optim import adam
 
 
 @pytest.mark.parametrize("chunks", [[1] * 14, [2, 3, 4, 1, 3], [4, 4, 4, 2]])
@@ -78,6 +82,59 @@ def test_empty_history_state_is_the_user_token():
     assert torch.allclose(cache.state, alone, atol=1e-6)
 
 
+@pytest.mark.parametrize("layers", [1, 2])
+def test_last_state_equals_the_full_forward_at_the_newest_token(layers):
+    """The agents' encoder computes the top layer at two positions only: same value and gradients as the full
+    forward, for full, partly padded and empty histories (left-padded, as the env's observations are)."""
+    torch.manual_seed(0)
+    B, D, n = 4, 16, 9
+    net = HistoryTransformer(D, 7, 5, layers=layers, heads=2, dropout=0.0)
+    user, items = torch.randn(B, D, requires_grad=True), torch.randn(B, n, D)
+    resp = torch.randint(0, 2, (B, n, 8)).float()
+    pad = torch.zeros(B, n, dtype=torch.bool)
+    pad[1, :4] = True  # five exposures
+    pad[2, :] = True  # no history yet: the state is the user token's output
+    pad[3, :-1] = True  # one exposure
+    full = net(user, items, resp, pad)
+    want = torch.where(pad[:, -1:], full[:, 0], full[:, -1])
+    got = net.last_state(user, items, resp, pad)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert not torch.allclose(got[2], full[2, -1], atol=1e-3)  # the empty row really took the user token
+    g_want = torch.autograd.grad(want.square().sum(), [user, *net.parameters()])
+    g_got = torch.autograd.grad(got.square().sum(), [user, *net.parameters()])
+    for a, b in zip(g_want, g_got):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_fused_adam_and_multi_tensor_polyak_compute_the_per_tensor_updates():
+    """The agents' ``adam`` (fused kernel) and ``soft_update`` (one multi-tensor lerp) must compute what the
+    per-tensor loops compute — Polyak bitwise, Adam up to float rounding — or a speed-up would change results."""
+    torch.manual_seed(0)
+    a = HistoryTransformer(16, 7, 5, layers=2, dropout=0.0)
+    b, start = copy.deepcopy(a), copy.deepcopy(a)
+    oa, ob = adam(a.parameters(), 3e-4, weight_decay=1e-4), torch.optim.Adam(b.parameters(), 3e-4, weight_decay=1e-4, foreach=False)
+    user, items, resp = torch.randn(4, 16), torch.randn(4, 6, 16), torch.rand(4, 6, 8)
+    for _ in range(5):
+        for net, opt in ((a, oa), (b, ob)):
+            opt.zero_grad()
+            net(user, items, resp).square().mean().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+    moved = max((p - s0).abs().max().item() for p, s0 in zip(a.parameters(), start.parameters()))
+    assert moved > 4 * 3e-4  # five real Adam steps of about lr each
+
+    ta, tb = copy.deepcopy(start), copy.deepcopy(start)
+    for _ in range(3):
+        soft_update(a, ta, 0.005)
+        with torch.no_grad():
+            for p, pt in zip(a.parameters(), tb.parameters()):
+                pt.lerp_(p, 0.005)
+    for x, y, s0 in zip(ta.parameters(), tb.parameters(), start.parameters()):
+        assert torch.equal(x, y)
+    assert not all(torch.equal(x, s0) for x, s0 in zip(ta.parameters(), start.parameters()))
+
+
 def test_critic_for_actor_has_forward_values_and_action_gradients(tiny_sim):
     """The actor losses call Critic.for_actor: same Q values and same dQ/da as forward, no encoder gradients."""
     from retentionrl.nets.actor_critic import AgentSpec, Critic
@@ -96,3 +153,24 @@ def test_critic_for_actor_has_forward_values_and_action_gradients(tiny_sim):
         grads.append((q.detach(), a.grad.clone(), [p.grad for p in critic.enc.parameters()]))
     assert torch.equal(grads[0][0], grads[1][0]) and torch.allclose(grads[0][1], grads[1][1])
     assert any(g is not None for g in grads[0][2]) and all(g is None for g in grads[1][2])
+
+
+def test_feature_encoder_is_the_sum_of_per_column_embeddings_and_keeps_per_column_state():
+    """One merged table computes sum_j E_j[code_j mod bucket_j]; its state dict holds one table per column (the
+    layout of every bundle and checkpoint saved before the merge, which a fingerprint hashes) and loads back."""
+    torch.manual_seed(0)
+    enc = FeatureEncoder([3, 5, 10_000], 2, 4)
+    cat, num = torch.tensor([[2, 4, 9_000], [0, 1, 3]]), torch.randn(2, 2)
+    blocks = enc.table.weight.split(enc.buckets)  # column j's table
+    want = sum(blocks[j][cat[:, j] % enc.buckets[j]] for j in range(3)) + enc.numeric(num)
+    assert torch.allclose(enc(cat, num), enc.norm(want), atol=1e-6)
+    assert enc.buckets[2] == 4096 and torch.equal(blocks[2][9_000 % 4096], enc.table.weight[3 + 5 + 9_000 % 4096])
+    state = enc.state_dict()
+    assert sorted(state) == ["embeds.0.weight", "embeds.1.weight", "embeds.2.weight", "norm.bias", "norm.weight",
+                             "numeric.bias", "numeric.weight"]
+    assert [tuple(state[f"embeds.{j}.weight"].shape) for j in range(3)] == [(3, 4), (5, 4), (4096, 4)]
+    fresh = FeatureEncoder([3, 5, 10_000], 2, 4)
+    fresh.load_state_dict({k: v + 1.0 for k, v in state.items()})
+    assert torch.equal(fresh.table.weight, enc.table.weight + 1.0)
+    outer = torch.nn.Sequential(enc)  # nested: the keys carry the prefix
+    assert "0.embeds.2.weight" in outer.state_dict() and "0.table.weight" not in outer.state_dict()

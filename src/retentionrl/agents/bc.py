@@ -13,6 +13,7 @@ from retentionrl.agents.base import Agent, agent_spec
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.actor_critic import AgentSpec, encoder
 from retentionrl.nets.encoders import mlp
+from retentionrl.nets.optim import adam
 from retentionrl.simulator.env import EnvConfig
 from retentionrl.spaces import Obs, obs_from_batch
 
@@ -50,7 +51,7 @@ class BC(Agent):
         torch.manual_seed(seed)
         self.cfg, self.batch_size, self.spec = cfg, cfg.batch_size, spec
         self.net = BCNet(spec, cfg)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.n_updates = 0
 
     @torch.no_grad()

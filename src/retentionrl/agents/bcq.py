@@ -38,6 +38,7 @@ from retentionrl.nets.actor_critic import (
 )
 from retentionrl.nets.cvae import CVAE
 from retentionrl.nets.encoders import mlp
+from retentionrl.nets.optim import adam
 from retentionrl.simulator.env import EnvConfig
 from retentionrl.spaces import Obs, obs_from_batch
 
@@ -107,9 +108,9 @@ class BCQ(TorchAgent):
         self.actor = Perturbation(spec, cfg.state_dim, cfg.token_dim, cfg.hidden, cfg.phi, cfg.encoder)
         self.q1, self.q2 = (Critic(spec, cfg.state_dim, cfg.token_dim, cfg.hidden, cfg.encoder) for _ in range(2))
         self.actor_t, self.q1_t, self.q2_t = (copy.deepcopy(m) for m in (self.actor, self.q1, self.q2))
-        self.vae_opt = torch.optim.Adam(self.vae.parameters(), lr=cfg.vae_lr)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
-        self.critic_opt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=cfg.critic_lr)
+        self.vae_opt = adam(self.vae.parameters(), cfg.vae_lr)
+        self.actor_opt = adam(self.actor.parameters(), cfg.actor_lr)
+        self.critic_opt = adam([*self.q1.parameters(), *self.q2.parameters()], cfg.critic_lr)
         self.gen = torch.Generator().manual_seed(seed + 1)
         self.eval_latents = self.vae.sample_latent((cfg.n_candidates,), self.gen)  # (n, L), fixed
         self.n_updates = 0

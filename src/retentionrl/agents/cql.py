@@ -32,6 +32,7 @@ from retentionrl.errors import RetentionRLError
 from retentionrl.nets.actor_critic import (
     AgentSpec, done_mask, gradient_step, mixed_reward, squashed_sample, time_aware,
 )
+from retentionrl.nets.optim import adam
 from retentionrl.simulator.env import EnvConfig
 from retentionrl.spaces import obs_from_batch
 
@@ -74,7 +75,7 @@ class CQL(SAC):
                                    f"{cfg.alpha_cql}, {cfg.n_action_samples}, {cfg.cql_temperature}")
         super().__init__(spec, cfg, seed)
         self.log_alpha_prime = torch.zeros((), requires_grad=cfg.lagrange)  # alpha' = 1 (scalar)
-        self.alpha_prime_opt = torch.optim.Adam([self.log_alpha_prime], lr=cfg.alpha_prime_lr) if cfg.lagrange else None
+        self.alpha_prime_opt = adam([self.log_alpha_prime], cfg.alpha_prime_lr) if cfg.lagrange else None
 
     @torch.no_grad()
     def policy_samples(self, obs) -> tuple[Tensor, Tensor]:

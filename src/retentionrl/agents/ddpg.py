@@ -27,6 +27,7 @@ from retentionrl.nets.actor_critic import (
     ActorCriticConfig, AgentSpec, Critic, DeterministicActor, critic_step, done_mask, gradient_step, mixed_reward,
     noisy_action, soft_update, time_aware,
 )
+from retentionrl.nets.optim import adam
 from retentionrl.simulator.env import EnvConfig
 from retentionrl.spaces import Obs, obs_from_batch
 
@@ -47,8 +48,8 @@ class DDPG(TorchAgent):
         self.actor = DeterministicActor(spec, cfg.state_dim, cfg.token_dim, cfg.hidden, cfg.encoder)
         self.q = Critic(spec, cfg.state_dim, cfg.token_dim, cfg.hidden, cfg.encoder)
         self.actor_t, self.q_t = copy.deepcopy(self.actor), copy.deepcopy(self.q)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
-        self.critic_opt = torch.optim.Adam(self.q.parameters(), lr=cfg.critic_lr)
+        self.actor_opt = adam(self.actor.parameters(), cfg.actor_lr)
+        self.critic_opt = adam(self.q.parameters(), cfg.critic_lr)
         self.gen = torch.Generator().manual_seed(seed + 1)
         self.n_updates = 0
 

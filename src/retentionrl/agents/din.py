@@ -40,6 +40,7 @@ from retentionrl.agents.base import Agent
 from retentionrl.data.schema import BEHAVIOURS
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.encoders import FeatureEncoder, mlp
+from retentionrl.nets.optim import adam
 from retentionrl.simulator.env import EnvConfig
 from retentionrl.spaces import Obs, obs_from_batch
 
@@ -163,7 +164,7 @@ class DIN(Agent):
         self.net = DINNet(list(sim.meta["user_cardinalities"]), int(resp.user_num.shape[1]), resp.item_cat,
                           resp.item_num, list(sim.meta["item_cardinalities"]), cfg.dim, cfg.att_hidden, cfg.hidden,
                           item_ids=cfg.item_ids)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.target = BEHAVIOURS.index(cfg.target)
         self.gen = torch.Generator().manual_seed(seed + 1)
         self.n_updates = 0

@@ -51,6 +51,7 @@ from retentionrl.agents.base import Agent, agent_spec
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.actor_critic import AgentSpec, done_mask, encoder, mixed_reward, soft_update, time_aware
 from retentionrl.nets.encoders import FeatureEncoder, mlp
+from retentionrl.nets.optim import adam
 from retentionrl.replay import ReplayBuffer
 from retentionrl.simulator.env import EnvConfig
 from retentionrl.spaces import OBS_FIELDS, Obs, StepOutput, obs_from_batch
@@ -144,7 +145,7 @@ class DQN(Agent):
         self.q_t = copy.deepcopy(self.q)
         for p in self.q_t.parameters():
             p.requires_grad_(False)
-        self.opt = torch.optim.Adam(self.q.parameters(), lr=cfg.lr)
+        self.opt = adam(self.q.parameters(), cfg.lr)
         self.gen = torch.Generator().manual_seed(seed + 1)
         self.buffer = None  # ReplayBuffer of (obs, slate (K,) long, rewards, flags, next obs), built on first observe
         self.n_updates = 0

@@ -49,6 +49,7 @@ from retentionrl.nets.actor_critic import (
     squashed_sample,
 )
 from retentionrl.nets.encoders import mlp
+from retentionrl.nets.optim import adam
 from retentionrl.nets.state import ContextDetector, StateEncoder
 from retentionrl.simulator.env import EnvConfig
 from retentionrl.spaces import OBS_FIELDS, Obs, obs_from_batch
@@ -140,7 +141,7 @@ class GFN4Retention(TorchAgent):
         self.nets = GFNNets(spec, cfg)
         n = self.nets
         forward = [*n.enc.parameters(), *n.policy.parameters(), *(n.ctx.parameters() if n.ctx is not None else [])]
-        self.opt = torch.optim.Adam([
+        self.opt = adam([
             {"params": forward, "lr": cfg.forward_lr},
             {"params": n.flow.parameters(), "lr": cfg.flow_lr},
             {"params": n.backward_net.parameters(), "lr": cfg.backward_lr},

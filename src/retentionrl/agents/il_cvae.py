@@ -21,6 +21,7 @@ from torch import Tensor
 from retentionrl.agents.base import TorchAgent, agent_spec
 from retentionrl.nets.actor_critic import AgentSpec, EncoderKind, encoder, gradient_step
 from retentionrl.nets.cvae import CVAE
+from retentionrl.nets.optim import adam
 from retentionrl.simulator.env import EnvConfig
 from retentionrl.spaces import Obs, obs_from_batch
 
@@ -51,7 +52,7 @@ class ILCVAE(TorchAgent):
         self.vae = CVAE(cfg.state_dim, spec.n_behaviours, cfg.hidden, cfg.latent_dim, bounded=cfg.bounded,
                         kl_weight=cfg.kl_weight, latent_clip=cfg.latent_clip,
                         encoder=encoder(spec, cfg.state_dim, cfg.token_dim, cfg.encoder))
-        self.opt = torch.optim.Adam(self.vae.parameters(), lr=cfg.lr)
+        self.opt = adam(self.vae.parameters(), cfg.lr)
         self.gen = torch.Generator().manual_seed(seed + 1)
         self.n_updates = 0
 

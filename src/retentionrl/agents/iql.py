@@ -36,6 +36,7 @@ from retentionrl.nets.actor_critic import (
     ActorCriticConfig, AgentSpec, Critic, DeterministicActor, StateValue, critic_step, done_mask, gradient_step,
     mixed_reward, soft_update, time_aware,
 )
+from retentionrl.nets.optim import adam
 from retentionrl.simulator.env import EnvConfig
 from retentionrl.spaces import Obs, obs_from_batch
 
@@ -81,9 +82,9 @@ class IQL(TorchAgent):
         self.q1, self.q2 = (Critic(spec, cfg.state_dim, cfg.token_dim, cfg.hidden, cfg.encoder) for _ in range(2))
         self.q1_t, self.q2_t = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
         self.v = StateValue(spec, cfg.state_dim, cfg.token_dim, cfg.hidden, cfg.encoder)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
-        self.critic_opt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=cfg.critic_lr)
-        self.value_opt = torch.optim.Adam(self.v.parameters(), lr=cfg.value_lr)
+        self.actor_opt = adam(self.actor.parameters(), cfg.actor_lr)
+        self.critic_opt = adam([*self.q1.parameters(), *self.q2.parameters()], cfg.critic_lr)
+        self.value_opt = adam(self.v.parameters(), cfg.value_lr)
         self.gen = torch.Generator().manual_seed(seed + 1)  # unused by the update; kept for the TorchAgent state
         self.n_updates = 0
 

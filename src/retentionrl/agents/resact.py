@@ -40,6 +40,7 @@ from retentionrl.nets.actor_critic import (
 )
 from retentionrl.nets.cvae import CVAE, standard_normal_kl
 from retentionrl.nets.encoders import mlp
+from retentionrl.nets.optim import adam
 from retentionrl.nets.state import SplitStateEncoder
 from retentionrl.simulator.env import EnvConfig
 from retentionrl.spaces import Obs, obs_from_batch
@@ -95,9 +96,9 @@ class ResAct(TorchAgent):
         self.res = Residual(spec, cfg)
         self.q1, self.q2 = (Critic(spec, cfg.state_dim, cfg.token_dim, cfg.hidden, cfg.encoder) for _ in range(2))
         self.vae_t, self.res_t, self.q1_t, self.q2_t = (copy.deepcopy(m) for m in (self.vae, self.res, self.q1, self.q2))
-        self.vae_opt = torch.optim.Adam(self.vae.parameters(), lr=cfg.vae_lr)
-        self.res_opt = torch.optim.Adam(self.res.parameters(), lr=cfg.actor_lr)
-        self.critic_opt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=cfg.critic_lr)
+        self.vae_opt = adam(self.vae.parameters(), cfg.vae_lr)
+        self.res_opt = adam(self.res.parameters(), cfg.actor_lr)
+        self.critic_opt = adam([*self.q1.parameters(), *self.q2.parameters()], cfg.critic_lr)
         self.gen = torch.Generator().manual_seed(seed + 1)
         # Fixed inference latents: c = 0 and n draws of N(0, I), so the frozen policy is deterministic.
         self.latents = torch.cat([torch.zeros(1, cfg.latent_dim),

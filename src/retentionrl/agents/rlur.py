@@ -54,6 +54,7 @@ from retentionrl.nets.actor_critic import (
     squashed_sample,
 )
 from retentionrl.nets.encoders import GroupedMLP
+from retentionrl.nets.optim import adam
 from retentionrl.nets.rnd import RND
 from retentionrl.nets.state import UserGroups
 from retentionrl.simulator.env import EnvConfig
@@ -136,9 +137,9 @@ class RLUR(TorchAgent):
         self.actor_t, self.critic_t = copy.deepcopy(self.actor), copy.deepcopy(self.critic)
         self.novelty = encoder(spec, cfg.state_dim, cfg.token_dim).requires_grad_(False)  # RND input, frozen
         self.rnd = RND(cfg.state_dim)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
-        self.rnd_opt = torch.optim.Adam(self.rnd.predictor.parameters(), lr=cfg.rnd_lr)
+        self.actor_opt = adam(self.actor.parameters(), cfg.actor_lr)
+        self.critic_opt = adam(self.critic.parameters(), cfg.critic_lr)
+        self.rnd_opt = adam(self.rnd.predictor.parameters(), cfg.rnd_lr)
         self.gen = torch.Generator().manual_seed(seed + 1)
         self.n_updates = 0
 

@@ -33,6 +33,7 @@ from retentionrl.nets.actor_critic import (
     ActorCriticConfig, AgentSpec, Critic, GaussianActor, critic_step, done_mask, gradient_step, mixed_reward,
     soft_update, time_aware,
 )
+from retentionrl.nets.optim import adam
 from retentionrl.simulator.env import EnvConfig
 from retentionrl.spaces import Obs, obs_from_batch
 
@@ -58,10 +59,10 @@ class SAC(TorchAgent):
         self.actor = GaussianActor(spec, cfg.state_dim, cfg.token_dim, cfg.hidden, cfg.encoder)
         self.q1, self.q2 = (Critic(spec, cfg.state_dim, cfg.token_dim, cfg.hidden, cfg.encoder) for _ in range(2))
         self.q1_t, self.q2_t = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
-        self.critic_opt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=cfg.critic_lr)
+        self.actor_opt = adam(self.actor.parameters(), cfg.actor_lr)
+        self.critic_opt = adam([*self.q1.parameters(), *self.q2.parameters()], cfg.critic_lr)
         self.log_alpha = torch.tensor(math.log(cfg.alpha), requires_grad=cfg.autotune)  # scalar
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr) if cfg.autotune else None
+        self.alpha_opt = adam([self.log_alpha], cfg.alpha_lr) if cfg.autotune else None
         self.gen = torch.Generator().manual_seed(seed + 1)
         self.n_updates = 0
 

@@ -50,6 +50,7 @@ from retentionrl.config import from_dict
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.actor_critic import AgentSpec, EncoderKind, encoder
 from retentionrl.nets.encoders import GroupedMLP
+from retentionrl.nets.optim import adam
 from retentionrl.simulator.env import EnvConfig
 from retentionrl.spaces import OBS_FIELDS, Obs, obs_from_batch
 
@@ -190,7 +191,7 @@ class SEC(Agent):
 
     def _build_net(self, out: int) -> None:
         self.net = SECNet(self.spec, self.cfg, self.K, out)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=self.cfg.lr)
+        self.opt = adam(self.net.parameters(), lr=self.cfg.lr)
 
     # --- data ------------------------------------------------------------------------------------------------
     def check_logs(self, logs: dict[str, Tensor], source: str) -> None:

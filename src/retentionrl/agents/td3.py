@@ -20,6 +20,7 @@ from retentionrl.nets.actor_critic import (
     ActorCriticConfig, AgentSpec, Critic, DeterministicActor, critic_step, done_mask, gradient_step, mixed_reward,
     noisy_action, soft_update, time_aware,
 )
+from retentionrl.nets.optim import adam
 from retentionrl.simulator.env import EnvConfig
 from retentionrl.spaces import Obs, obs_from_batch
 
@@ -43,8 +44,8 @@ class TD3(TorchAgent):
         self.actor = DeterministicActor(spec, cfg.state_dim, cfg.token_dim, cfg.hidden, cfg.encoder)
         self.q1, self.q2 = (Critic(spec, cfg.state_dim, cfg.token_dim, cfg.hidden, cfg.encoder) for _ in range(2))
         self.actor_t, self.q1_t, self.q2_t = (copy.deepcopy(m) for m in (self.actor, self.q1, self.q2))
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
-        self.critic_opt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=cfg.critic_lr)
+        self.actor_opt = adam(self.actor.parameters(), cfg.actor_lr)
+        self.critic_opt = adam([*self.q1.parameters(), *self.q2.parameters()], cfg.critic_lr)
         self.gen = torch.Generator().manual_seed(seed + 1)
         self.n_updates = 0
 

@@ -262,8 +262,10 @@ def critic_step(critics: list[Critic], opt: torch.optim.Optimizer, obs: Obs, act
 
 
 def soft_update(net: nn.Module, target: nn.Module, tau: float) -> None:
+    """Polyak step ``target <- target + tau * (net - target)``, every tensor in one multi-tensor kernel."""
     with torch.no_grad():
-        for p, pt in zip(net.parameters(), target.parameters()):
-            pt.lerp_(p, tau)
+        pairs = list(zip(target.parameters(), net.parameters()))  # (tests swap in parameter-free targets)
+        if pairs:
+            torch._foreach_lerp_([t for t, _ in pairs], [p for _, p in pairs], tau)
 
 

@@ -46,27 +46,51 @@ class FeatureTensors:
 
 
 class FeatureEncoder(nn.Module):
-    """(N, Fc) codes + (N, Fn) numbers -> (N, dim): sum of per-column embeddings and a numeric projection."""
+    """(N, Fc) codes + (N, Fn) numbers -> (N, dim): sum of per-column embeddings and a numeric projection.
+
+    The columns' tables are row blocks of one embedding table (column j's codes offset by the sizes of the tables
+    before it), so that a lookup is one gather and its gradient one scatter, however many columns there are. The
+    state dict keeps one tensor per column (``embeds.j.weight``), the layout bundles and checkpoints have always
+    had, so that they load unchanged and a simulator's fingerprint (a hash of its state dict) does not depend on
+    this implementation detail."""
 
     def __init__(self, cardinalities: list[int], n_numeric: int, dim: int, max_embed: int = 4096) -> None:
         super().__init__()
         # Very high-cardinality columns (author, music id) share hashed buckets to keep the model small.
         self.buckets = [min(c, max_embed) for c in cardinalities]
-        self.embeds = nn.ModuleList(nn.Embedding(b, dim) for b in self.buckets)
+        self.register_buffer("_sizes", torch.tensor(self.buckets, dtype=torch.long), persistent=False)
+        self.register_buffer("_offsets", torch.tensor([0, *self.buckets[:-1]], dtype=torch.long).cumsum(0),
+                             persistent=False)
+        self.table = nn.Embedding(sum(self.buckets), dim) if self.buckets else None
         self.numeric = nn.Linear(n_numeric, dim) if n_numeric else None
         self.norm = nn.LayerNorm(dim)
-        for e in self.embeds:
-            nn.init.normal_(e.weight, std=0.05)
+        if self.table is not None:
+            nn.init.normal_(self.table.weight, std=0.05)
+        self.register_state_dict_post_hook(self._to_per_column_tables)
+        self.register_load_state_dict_pre_hook(self._from_per_column_tables)
 
     def forward(self, cat: Tensor, num: Tensor) -> Tensor:
-        out = 0.0
-        for j, emb in enumerate(self.embeds):
-            out = out + emb(cat[..., j] % self.buckets[j])
+        out = self.table(cat % self._sizes + self._offsets).sum(-2) if self.table is not None else 0.0
         if self.numeric is not None:
             out = out + self.numeric(num)
         if isinstance(out, float):
             raise ValueError("FeatureEncoder needs at least one feature column")
         return self.norm(out)
+
+    def _columns(self, prefix: str) -> list[str]:
+        return [f"{prefix}embeds.{j}.weight" for j in range(len(self.buckets))]
+
+    @staticmethod  # (torch marks a state-dict hook with an attribute, which a bound method cannot take)
+    def _to_per_column_tables(module: "FeatureEncoder", state: dict, prefix: str, meta: dict) -> None:
+        if module.table is not None:
+            table = state.pop(f"{prefix}table.weight")
+            state.update(zip(module._columns(prefix), table.split(module.buckets)))
+
+    @staticmethod
+    def _from_per_column_tables(module: "FeatureEncoder", state: dict, prefix: str, *args) -> None:
+        names = module._columns(prefix)
+        if names and all(k in state for k in names):
+            state[f"{prefix}table.weight"] = torch.cat([state.pop(k) for k in names])
 
 
 class _Block(nn.Module):
@@ -79,15 +103,18 @@ class _Block(nn.Module):
         self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, bias: Tensor, past: tuple[Tensor, Tensor] | None = None, last_only: bool = False
-                ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def forward(self, x: Tensor, bias: Tensor, past: tuple[Tensor, Tensor] | None = None, last_only: bool = False,
+                queries: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """x: (B, Lq, D) new tokens; past: cached keys and values of earlier tokens, each (B, heads, Lp, D/heads);
         bias: (B or 1, heads, Lq, Lp + Lq). Returns the output (B, Lq, D) — only for the last token when
         ``last_only`` (the top layer of an incremental step needs no other) — and the new tokens' keys and
-        values (each (B, heads, Lq, D/heads)) for the cache."""
+        values (each (B, heads, Lq, D/heads)) for the cache. Without ``past``, ``queries`` (Q,) restricts the
+        output to those positions (B, Q, D); ``bias`` is then given for them only, (B or 1, heads, Q, Lq)."""
         b, lq, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, lq, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         if past is None:
+            if queries is not None:  # every position's keys and values, only the asked positions' outputs
+                q, x = q[:, :, queries], x[:, queries]
             att = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         else:  # a few queries against a short cache: score the cached and the new keys separately (no copy)
             if last_only:
@@ -180,6 +207,21 @@ class HistoryTransformer(nn.Module):
         """user: (B, D); items: (B, n, D) item encodings; responses: (B, n, n_behaviours + 1);
         pad: (B, n) True for padding. Returns (B, 1 + n, D): output j is the state after exposures < j+1."""
         return self._run(user, items, responses, pad)[0]
+
+    def last_state(self, user: Tensor, items: Tensor, responses: Tensor, pad: Tensor) -> Tensor:
+        """The state after the whole history, (B, D): ``forward(...)[:, -1]``, or ``[:, 0]`` (the user token) where
+        the history is empty (``pad[:, -1]``). Same inputs as :meth:`forward`. The top layer is computed only at
+        those two positions: an agent's encoder needs no other output, and the top layer is most of its cost."""
+        x = torch.cat([user[:, None], self.tokens(items, responses)], dim=1)
+        pos = torch.arange(x.shape[1], device=x.device)
+        key_pad = torch.cat([torch.zeros_like(pad[:, :1]), pad], dim=1)
+        bias = self.attention_bias(pos, pos, key_pad)
+        for blk in self.blocks[:-1]:
+            x, _ = blk(x, bias)
+        ends = pos[[0, -1]]
+        x, _ = self.blocks[-1](x, bias[:, :, ends], queries=ends)
+        out = self.norm(x)  # (B, 2, D)
+        return torch.where(pad[:, -1:], out[:, 0], out[:, 1])
 
     def _run(self, user, items, responses, pad) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         x = torch.cat([user[:, None], self.tokens(items, responses)], dim=1)

@@ -73,8 +73,7 @@ class StateEncoder(nn.Module):
 
     def forward(self, obs: Obs) -> Tensor:
         user = self.profile(obs.profile_cat, obs.profile_num)  # (B, dim)
-        h = self.history(user, self.items(obs.hist_items), obs.hist_resp, obs.hist_pad)  # (B, 1 + H, dim)
-        last = torch.where(obs.hist_pad[:, -1:], h[:, 0], h[:, -1])  # empty history: the profile token
+        last = self.history.last_state(user, self.items(obs.hist_items), obs.hist_resp, obs.hist_pad)  # (B, dim)
         return self.head(torch.cat([user, last, context_features(obs, self.context)], dim=1))
 
 
@@ -179,6 +178,5 @@ class SplitStateEncoder(nn.Module):
         session = torch.cat([ctx[:, :-3], ctx[:, -2:]], dim=1)  # [clock], days_since_last, first-session flag
         mu, log_std = self.high(torch.cat([self.profile_h(obs.profile_cat, obs.profile_num), session], 1)).chunk(2, 1)
         user = self.profile_l(obs.profile_cat, obs.profile_num)
-        h = self.history(user, self.items(obs.hist_items), obs.hist_resp, obs.hist_pad)
-        last = torch.where(obs.hist_pad[:, -1:], h[:, 0], h[:, -1])
+        last = self.history.last_state(user, self.items(obs.hist_items), obs.hist_resp, obs.hist_pad)
         return mu, log_std.clamp(-5.0, 2.0), self.low(torch.cat([last, step], 1))
