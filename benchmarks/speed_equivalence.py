@@ -79,7 +79,7 @@ def main() -> None:
     for algo in args.algos:
         b, a = got[f"{algo} (before)"], got[f"{algo} (after)"]
         row = [algo]
-        for metric in ("return_time", "click"):
+        for metric in ("return_time", "click_rate"):
             xb, xa = [r["eval"][metric] for r in b], [r["eval"][metric] for r in a]
             cb, ca = mean_ci(xb), mean_ci(xa)
             row += [f"{cb['mean']:.3f} ± {cb['half_width']:.3f}", f"{ca['mean']:.3f} ± {ca['half_width']:.3f}",
