@@ -32,10 +32,10 @@ from retentionrl.utils.io import write_text_atomic
 REPO = Path(__file__).resolve().parents[1]
 
 
-def train_cell(job: tuple[str, str, int, str, Path, Path]) -> str:
+def train_cell(job: tuple[str, int, str, Path, Path]) -> str:
     """Train one cell in a child process with the package at ``src`` (PYTHONPATH, one thread); skip it when
     finished."""
-    src, algo, seed, bundle, out, config = job
+    src, seed, bundle, out, config = job
     if (out / "summary.json").is_file():
         return str(out)
     env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
@@ -68,10 +68,10 @@ def main() -> None:
             for side, src in trees.items():
                 config = Path(tmp) / f"{algo}-{side}.yaml"
                 config.write_text(yaml.safe_dump({**raw, "label": f"{algo} ({side})"}))
-                jobs += [(src, algo, s, args.bundle, runs / side / f"{algo}-seed{s}", config) for s in args.seeds]
+                jobs += [(src, s, args.bundle, runs / side / f"{algo}-seed{s}", config) for s in args.seeds]
         for done in run_parallel(train_cell, jobs, args.workers):
             print(f"[speed-equivalence] finished {done}", flush=True)
-    got = load_runs([j[4] for j in jobs])  # refuses mixed bundles or protocols
+    got = load_runs([j[3] for j in jobs])  # refuses mixed bundles or protocols
     lines = [f"Bundle {next(iter(got.values()))[0]['bundle'].get('fingerprint', '?')[:16]}; before = `{args.base}`, "
              f"after = this tree; seeds {args.seeds}; 95% CIs; p: Welch t-test before vs after.", "",
              "| method | return time before | return time after | p | click before | click after | p | "

@@ -22,9 +22,6 @@ from torch import Tensor, nn
 
 from retentionrl.nets.encoders import mlp
 
-TASKS: tuple[str, ...] = ("click", "watch_time", "follow", "gift")
-
-
 @dataclass
 class LIVConfig:
     """Table 1's hyper-parameters: γ 0.9, τ 0.005, lr 1e-3, batch 1024, hidden [64, 64], embedding 32."""

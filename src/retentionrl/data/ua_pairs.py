@@ -30,8 +30,9 @@ from retentionrl.errors import DataError
 UA_KINDS: tuple[str, ...] = ("exposure", "click", "long_view", "like", "follow")
 
 
-def _labels(log: pd.DataFrame) -> np.ndarray:
-    """(n, len(UA_KINDS)) 0/1 labels of each exposure (exposure = 1)."""
+def exposure_labels(data: Interactions) -> np.ndarray:
+    """(n_exposures, len(UA_KINDS)) the 0/1 labels ASA adds (exposure always 1), row order of the log."""
+    log = data.log
     out = np.ones((len(log), len(UA_KINDS)), dtype=np.int64)
     for j, kind in enumerate(UA_KINDS[1:], start=1):
         out[:, j] = log[kind].to_numpy() > 0
@@ -45,7 +46,7 @@ def pair_counts(data: Interactions) -> np.ndarray:
     if "author_id" not in log:
         raise DataError(f"{data.name}: the log has no author_id column: user-author pairs need it")
     order = np.lexsort((log["timestamp"].to_numpy(), log["author_id"].to_numpy(), log["user_id"].to_numpy()))
-    lab = _labels(log)[order]
+    lab = exposure_labels(data)[order]
     keys = pd.DataFrame({"u": log["user_id"].to_numpy()[order], "a": log["author_id"].to_numpy()[order]})
     inclusive = pd.DataFrame(lab).groupby([keys["u"], keys["a"]], sort=False).cumsum().to_numpy()
     before = inclusive - lab  # counts strictly before the row
@@ -60,11 +61,6 @@ def asa_next(counts: np.ndarray, labels: np.ndarray) -> np.ndarray:
     if counts.shape != labels.shape:
         raise ValueError(f"counts {counts.shape} and labels {labels.shape} must have the same shape")
     return counts + (labels > 0)
-
-
-def exposure_labels(data: Interactions) -> np.ndarray:
-    """(n_exposures, len(UA_KINDS)) the 0/1 labels ASA adds (exposure always 1), row order of the log."""
-    return _labels(data.log)
 
 
 @dataclass
@@ -104,8 +100,11 @@ def author_stats(data: Interactions, days: np.ndarray | None = None) -> AuthorSt
     log = data.log if days is None else data.log[data.log["day"].isin(days)]
     log = log[log["author_id"] >= 0]
     code = np.searchsorted(authors, log["author_id"].to_numpy())
-    if len(log) and not np.array_equal(authors[np.minimum(code, len(authors) - 1)], log["author_id"].to_numpy()):
-        raise DataError(f"{data.name}: the log has author ids that no catalogue item carries")
+    raw = log["author_id"].to_numpy()
+    bad = np.flatnonzero(authors[np.minimum(code, len(authors) - 1)] != raw) if len(authors) else np.arange(len(raw))
+    if len(bad):
+        raise DataError(f"{data.name}: log row {log.index[bad[0]]}: author_id {raw[bad[0]]} is carried by no "
+                        f"catalogue item ({len(bad)} such rows)")
     exposures = np.bincount(code, minlength=len(authors)).astype(np.float64)
     sums = np.stack([np.bincount(code, weights=log[c].to_numpy(np.float64), minlength=len(authors))
                      for c in ("click", "long_view", "follow")], 1)
