@@ -55,8 +55,21 @@ def test_retention_metrics_by_hand():
     assert r["diversity_session"] == pytest.approx((1 + 2) / 2)
     # Distinct tags per slate (unknown counts as its own value): (0,1)=2, (0,unk)=2, (0,0)=1, (1,1)=1.
     assert r["diversity_slate"] == pytest.approx((2 + 2 + 1 + 1) / 4)
+    # ILD (share of a slate's item pairs with different tags; K = 2: one pair): 1, 1, 0, 0.
+    assert r["diversity"] == pytest.approx((1 + 1 + 0 + 0) / 4)
     # One completed episode (user 0): 2 follows, authors 10 and 11 -> 2 UA pairs; total return gap 1.
     assert r["episodes"] == 1 and r["new_fans"] == 2 and r["ua_count"] == 2 and r["total_return_gap"] == 1
+
+
+def test_intra_list_diversity_of_a_slate_of_three_by_hand():
+    m = RetentionMetrics(1, torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 2, 3]), BEHAVIOURS)
+    z = [[0] * 7] * 3
+    m.update(_step([[0, 1, 2]], [z], [[0, 0, 0]], [False], [0], [False]))  # tags 0, 0, 1: 2 of 3 pairs differ
+    m.update(_step([[0, 2, 3]], [z], [[0, 0, 0]], [False], [0], [False]))  # tags 0, 1, 2: 3 of 3
+    assert m.result()["diversity"] == pytest.approx((2 / 3 + 1) / 2)
+    one = RetentionMetrics(1, torch.tensor([0, 1]), torch.tensor([0, 1]), BEHAVIOURS)
+    one.update(_step([[0]], [[[0] * 7]], [[0]], [False], [0], [False]))
+    assert one.result()["diversity"] is None  # no pairs in a slate of one
 
 
 def test_metrics_on_simulator(tiny_sim):

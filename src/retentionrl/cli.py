@@ -177,7 +177,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from retentionrl.bench.report import write_comparison
 
-    md, ref = write_comparison(args.run_dirs, args.out, args.reference)
+    md, ref = write_comparison(args.run_dirs, args.out, args.reference, columns=args.columns)
     print(md)
     print(f"written: {args.out}/comparison.md, comparison.csv, training_curves.png")
     return 0
@@ -322,7 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp = groups.add_parser("compare", help="table with CIs and t-tests, CSV and training curves from run dirs")
     cmp.add_argument("run_dirs", nargs="+")
     cmp.add_argument("--out", default="reports/compare")
-    cmp.add_argument("--reference", default=None, help="method to test against (default: best return time)")
+    cmp.add_argument("--reference", default=None, help="method to test against (default: the best by the first column)")
+    cmp.add_argument("--columns", default="retention", choices=["retention", "author"],
+                     help="retention: return time first (default); author: session length, watch time, CTR, "
+                          "diversity, new fans, UA pairs (RLIV-UA's tables)")
     cmp.set_defaults(func=cmd_compare)
     return parser
 

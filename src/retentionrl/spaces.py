@@ -33,10 +33,13 @@ class Obs:
     session_index: Tensor  # (B,) sessions completed in this episode
     step_in_session: Tensor  # (B,) requests made so far in the current session
     days_since_last: Tensor  # (B,) return gap that started this session (0 for the first)
-    candidates: Tensor  # (C,) item ids the next request ranks (shared by the batch)
+    candidates: Tensor  # (C,) item ids the next request ranks (shared by the batch), or (B, C) per row
+    # (B, C, len(UA_KINDS)) this user's counts with each candidate's author so far (exposures, clicks, long views,
+    # likes, follows): only when the env keeps user-author pairs (``EnvConfig.ua_counts``), else None.
+    ua_counts: Tensor | None = None
 
     def clone(self) -> "Obs":
-        return Obs(**{f.name: getattr(self, f.name).clone() for f in fields(self)})
+        return Obs(**{f.name: None if (v := getattr(self, f.name)) is None else v.clone() for f in fields(self)})
 
 
 @dataclass
@@ -53,10 +56,12 @@ class StepOutput:
     next_obs: Obs  # successor state of this step (before the auto-reset)
     obs: Obs  # observation for the next action (after the auto-reset)
     users: Tensor  # (B,) the users who acted this step (== next_obs.user)
+    slate_ua: Tensor | None = None  # (B, K, len(UA_KINDS)) the shown items' pair counts before this step, or None
 
 
-#: Per-row fields of :class:`Obs` (everything except the batch-shared ``candidates``).
-OBS_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Obs) if f.name != "candidates")
+
+#: Per-row fields of :class:`Obs` that replay buffers store (not the candidates nor their pair counts).
+OBS_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Obs) if f.name not in ("candidates", "ua_counts"))
 
 
 def obs_from_batch(batch: dict[str, Tensor], prefix: str = "", candidates: Tensor | None = None) -> Obs:

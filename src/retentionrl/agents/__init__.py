@@ -26,6 +26,7 @@ AGENTS: dict[str, str] = {
     "rlur": "retentionrl.agents.rlur:build",
     "gfn4retention": "retentionrl.agents.gfn4retention:build",
     "sec": "retentionrl.agents.sec:build",
+    "rliv_ua": "retentionrl.agents.rliv_ua:build",
     # offline RL from logs (training.OFFLINE_ALGOS)
     "resact": "retentionrl.agents.resact:build",
     "td3bc": "retentionrl.agents.td3bc:build",

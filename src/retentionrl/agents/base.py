@@ -138,7 +138,7 @@ class RandomAgent(Agent):
         B = obs.user.shape[0]
         if self.table is not None:
             return self.table[obs.user].clone()
-        width = self.nb if self.action_mode == "fusion" else obs.candidates.shape[0]
+        width = self.nb if self.action_mode == "fusion" else obs.candidates.shape[-1]
         return torch.rand(B, width, generator=self.gen)
 
 

@@ -37,6 +37,18 @@ METRICS: dict[str, tuple[str, bool]] = {
     # Ensemble members' std on the visited states (where the simulator extrapolates; bundles with an ensemble).
     "disagreement_click": ("disagree. click", True),
     "disagreement_return": ("disagree. return", True),
+    # The author side (RLIV-UA's Tables 2-3): evaluation/metrics.py defines each.
+    "watch_time": ("watch s / session ↑", False),
+    "diversity": ("diversity (ILD) ↑", False),
+    "new_fans": ("new fans / user ↑", False),
+    "ua_count": ("UA pairs / user ↑", False),
+}
+#: The column sets of a table: the retention papers' (the default) and RLIV-UA's user and author metrics.
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "retention": ("return_time", "retention", "click_rate", "long_view_rate", "like_rate", "session_length",
+                  "diversity_slate", "diversity_session", "disagreement_click", "disagreement_return"),
+    "author": ("session_length", "watch_time", "click_rate", "diversity", "new_fans", "ua_count", "return_time",
+               "disagreement_click"),
 }
 
 
@@ -112,14 +124,19 @@ def best_method(runs: dict[str, list[dict[str, Any]]], metric: str = "return_tim
     return min(means, key=means.get) if lower else max(means, key=means.get)
 
 
-def comparison_table(runs: dict[str, list[dict[str, Any]]], reference: str | None = None) -> tuple[str, str, str]:
-    """(markdown, csv, reference used). Marks: * p<0.05, ** p<0.01, *** p<0.001 (Welch vs the reference)."""
-    reference = reference or best_method(runs)
+def comparison_table(runs: dict[str, list[dict[str, Any]]], reference: str | None = None,
+                     columns: str = "retention") -> tuple[str, str, str]:
+    """(markdown, csv, reference used) with the metrics of ``COLUMNS[columns]`` (a metric some run lacks is left
+    out). Marks: * p<0.05, ** p<0.01, *** p<0.001 (Welch vs the reference; default: the best by the first column)."""
+    if columns not in COLUMNS:
+        raise RetentionRLError(f"unknown table columns '{columns}' (known: {', '.join(COLUMNS)})")
+    reference = reference or best_method(runs, COLUMNS[columns][0])
     if reference not in runs:
         raise RetentionRLError(f"reference '{reference}' is not among the runs ({', '.join(runs)})")
     methods = list(runs)
     cols: dict[str, list[dict[str, Any]]] = {}
-    for metric, (_, lower) in METRICS.items():
+    for metric in COLUMNS[columns]:
+        lower = METRICS[metric][1]
         vals = {m: [r["eval"].get(metric) for r in runs[m]] for m in methods}  # None: not measured (old runs)
         if any(v is None for vs in vals.values() for v in vs):
             continue
@@ -179,16 +196,18 @@ def training_curves(runs: dict[str, list[dict[str, Any]]], path: Path, metric: s
 
 
 def write_comparison(run_dirs: list[str | Path], out: str | Path, reference: str | None = None,
-                     reference_among: list[str] | None = None, extra: str = "") -> tuple[str, str]:
+                     reference_among: list[str] | None = None, extra: str = "",
+                     columns: str = "retention") -> tuple[str, str]:
     """Write comparison.md / .csv / training_curves.png under ``out``; returns (markdown, reference). Without a
-    ``reference``, the best method by return time is used, among ``reference_among`` when given (e.g. the
-    baselines, so a new method is tested against the best baseline). ``extra`` (markdown, e.g. the paper's
-    table) is appended to comparison.md and to the markdown returned."""
+    ``reference``, the best method by the first of ``COLUMNS[columns]`` (return time; session length for
+    ``author``) is used, among ``reference_among`` when given (e.g. the baselines, so a new method is tested
+    against the best baseline). ``extra`` (markdown, e.g. the paper's table) is appended to comparison.md and to
+    the markdown returned."""
     runs = load_runs(run_dirs)
     if reference is None and reference_among:
         among = {m: r for m, r in runs.items() if m in reference_among}
-        reference = best_method(among) if among else None
-    md, table_csv, ref = comparison_table(runs, reference)
+        reference = best_method(among, COLUMNS[columns][0]) if among else None
+    md, table_csv, ref = comparison_table(runs, reference, columns)
     if extra:
         md = md + "\n" + extra
     out = Path(out)

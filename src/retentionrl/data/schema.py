@@ -17,6 +17,8 @@ from retentionrl.errors import DataError
 
 #: The 7 behaviours of the simulator and of every method, in a fixed order (the fusion action is over these).
 BEHAVIOURS: tuple[str, ...] = ("click", "long_view", "like", "comment", "forward", "follow", "hate")
+#: Interactions counted per user-author pair (RLIV-UA's ``f_ua``), in order; "exposure" counts every shown item.
+UA_KINDS: tuple[str, ...] = ("exposure", "click", "long_view", "like", "follow")
 
 #: Columns of :attr:`Interactions.log`, in order.
 LOG_COLUMNS: tuple[str, ...] = (

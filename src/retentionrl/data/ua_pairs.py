@@ -23,11 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from retentionrl.data.schema import Interactions
+from retentionrl.data.schema import UA_KINDS, Interactions
 from retentionrl.errors import DataError
 
-#: Kinds of interaction counted per pair, in order; "exposure" is every row of the pair.
-UA_KINDS: tuple[str, ...] = ("exposure", "click", "long_view", "like", "follow")
 
 
 def exposure_labels(data: Interactions) -> np.ndarray:
@@ -57,7 +55,8 @@ def pair_counts(data: Interactions) -> np.ndarray:
 
 
 def asa_next(counts: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Eq. 4 per kind: ``counts`` (n, len(UA_KINDS)) + 1 where the kind's label (n, len(UA_KINDS)) is positive."""
+    """Eq. 4 per kind: ``counts`` (n, len(UA_KINDS)) + 1 where the kind's label (n, len(UA_KINDS)) is positive
+    (numpy arrays or torch tensors alike: the agent applies it to its batches)."""
     if counts.shape != labels.shape:
         raise ValueError(f"counts {counts.shape} and labels {labels.shape} must have the same shape")
     return counts + (labels > 0)

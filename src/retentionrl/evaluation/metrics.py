@@ -21,6 +21,9 @@ class RetentionMetrics:
     * ``<behaviour>_rate`` — per exposed item;
     * ``session_length`` — requests per session; ``watch_time`` — seconds per session;
     * ``diversity_session`` — distinct item tags per session; ``diversity_slate`` — distinct tags per slate;
+    * ``diversity`` — RLIV-UA's column, which the paper does not define beyond "the variety of content types": the
+      intra-list diversity of a slate with the 0/1 tag distance, i.e. the share of its K(K-1)/2 item pairs whose
+      tags differ (0: one tag, 1: all different), averaged over slates (None for K = 1);
     * ``new_fans`` — follows per user episode; ``ua_count`` — distinct (user, author) pairs with a follow per
       user episode; ``total_return_gap`` — sum of return days per user episode.
 
@@ -29,6 +32,7 @@ class RetentionMetrics:
 
     def __init__(self, n_rows: int, item_tag: Tensor, item_author: Tensor, behaviours: tuple[str, ...]) -> None:
         self.B, self.behaviours = n_rows, behaviours
+        self.K = 0  # slate size, from the first step
         self.n_tags = int(item_tag.max()) + 2  # last column collects unknown tags (-1)
         self.item_tag = torch.where(item_tag >= 0, item_tag, torch.full_like(item_tag, self.n_tags - 1))
         self.item_author = item_author
@@ -42,12 +46,13 @@ class RetentionMetrics:
         self._ua: set[tuple[int, int]] = set()
         self._ua_done = 0
         self.t = {k: 0.0 for k in ("exposures", "slates", "slate_tags", "sessions", "requests", "watch", "session_tags",
-                                   "return_days", "next_day", "episodes", "follows", "gap")}
+                                   "return_days", "next_day", "episodes", "follows", "gap", "slate_ild")}
         self.beh = torch.zeros(len(behaviours), dtype=torch.float64)
 
     def update(self, out) -> None:
         """Consume one :class:`~retentionrl.simulator.env.StepOutput`."""
         B, K = out.slate.shape
+        self.K = K
         t = self.t
         t["exposures"] += B * K
         t["slates"] += B
@@ -55,6 +60,8 @@ class RetentionMetrics:
         tags = self.item_tag[out.slate]  # (B, K)
         srt = tags.sort(1).values
         t["slate_tags"] += float((1 + (srt[:, 1:] != srt[:, :-1]).sum(1)).sum())
+        if K > 1:  # ILD: differing pairs i < j over K(K-1)/2 (the ordered count halves itself)
+            t["slate_ild"] += float((tags[:, :, None] != tags[:, None, :]).sum((1, 2)).sum()) / (K * (K - 1))
         self._sess_tags.scatter_(1, tags, True)
         self._sess_requests += 1
         self._sess_watch += out.watch_time.sum(1)
@@ -106,6 +113,7 @@ class RetentionMetrics:
             "watch_time": ratio("watch", "sessions"),
             "diversity_session": ratio("session_tags", "sessions"),
             "diversity_slate": ratio("slate_tags", "slates"),
+            "diversity": ratio("slate_ild", "slates") if self.K > 1 else None,
             "new_fans": ratio("follows", "episodes"),
             "ua_count": self._ua_done / t["episodes"] if t["episodes"] else None,
             "total_return_gap": ratio("gap", "episodes"),

@@ -71,10 +71,10 @@ class LoggedLikePolicy:
         self.gen = torch.Generator().manual_seed(int(seed))
 
     def __call__(self, obs: Obs) -> Tensor:
-        """obs.candidates (C,), obs.user (B,) -> (B, C) scores."""
-        w = self.log_weight[obs.candidates]  # (C,)
-        u = torch.rand(len(obs.user), len(w), generator=self.gen).clamp_(1e-12, 1.0 - 1e-7)
-        return w[None] - torch.log(-torch.log(u))  # + Gumbel(0, 1) noise
+        """obs.candidates (C,) or (B, C) per row, obs.user (B,) -> (B, C) scores."""
+        w = self.log_weight[obs.candidates].expand(len(obs.user), -1)  # (B, C)
+        u = torch.rand(w.shape, generator=self.gen).clamp_(1e-12, 1.0 - 1e-7)
+        return w - torch.log(-torch.log(u))  # + Gumbel(0, 1) noise
 
 
 # --- simulation --------------------------------------------------------------------------------------------------

@@ -8,6 +8,17 @@ row is refilled with a fresh user (auto-reset, same step; ``next_obs`` keeps the
 
 Action modes: ``fusion`` — ``a`` (B, 7), score ``Σ_b a_b σ(logit_b(s, i))``; ``items`` — ``a`` (B, C) scores of
 the C candidates in ``obs.candidates``.
+
+Candidates: every item (``candidates: null``), a fresh uniform sample of C items per request shared by the batch,
+or (``candidate_source: ranked``) a ranking stage's: each user's top C items by the response model's predicted
+immediate reward ``Σ_b w_b σ(logit_b(s, i))`` after their history, (B, C) per row (sorted by item id, so that a
+policy's scores, not the pre-ranking's order, decide the slate).
+
+User-author pairs (``ua_counts: true``, RLIV-UA's state): the env keeps each row's counts of exposures, clicks,
+long views, likes and follows per author (``UA_KINDS``), started from the user's logged initial history and grown by
+every shown item, and exposes the candidates' counts (``obs.ua_counts`` (B, C, 5)) and the shown items' counts
+before the step (``StepOutput.slate_ua`` (B, K, 5)). Two items of one author in one slate both see the count
+before the slate (the pair's state at that request).
 """
 
 from __future__ import annotations
@@ -18,7 +29,8 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor
 
-from retentionrl.data.schema import BEHAVIOURS
+from retentionrl.config import OMIT_IF_DEFAULT
+from retentionrl.data.schema import BEHAVIOURS, UA_KINDS
 from retentionrl.errors import RetentionRLError
 from retentionrl.spaces import Obs, StepOutput
 from retentionrl.simulator.leave import TemperLeave, leave_features
@@ -68,6 +80,9 @@ class EnvConfig:
     max_return_day: int | None = None  # D; None: the bundle's (the learned return model is fixed to it)
     action_mode: Literal["fusion", "items"] = "fusion"
     candidates: int | None = None  # None: every item; else a fresh uniform sample of this many per request
+    # uniform: the sample above, shared by the batch; ranked: each user's top `candidates` by predicted reward
+    candidate_source: Literal["uniform", "ranked"] = field(default="uniform", metadata={OMIT_IF_DEFAULT: True})
+    ua_counts: bool = field(default=False, metadata={OMIT_IF_DEFAULT: True})  # keep user-author pair counts
     reward_weights: list[float] | None = None  # per behaviour; None: the bundle's (KuaiSim's #pos/#neg, hate < 0)
     retention_reward: Literal["neg_day_over_10", "inverse_day"] = "neg_day_over_10"
     users: Literal["all", "train", "test"] = "all"  # which users fresh episodes draw from (bundle's split)
@@ -120,6 +135,16 @@ class RetentionEnv:
             raise RetentionRLError(f"returns.feedback_weights needs {NB} values ({', '.join(BEHAVIOURS)}), got {len(v)}")
         self.v = None if v is None else torch.tensor(v, dtype=torch.float32)
         self.pool = sim.user_pool(cfg.users)
+        if cfg.candidate_source == "ranked" and cfg.candidates is None:
+            raise RetentionRLError("candidate_source 'ranked' needs candidates: the number each user's ranking stage passes on")
+        if cfg.ua_counts:
+            # dense author codes (N,); items of unknown author (-1) get a code of their own that never counts
+            raw = sim.item_author
+            uniq, code = torch.unique(torch.where(raw >= 0, raw, raw.new_full((), -1)), return_inverse=True)
+            self.author = code
+            self.n_authors = len(uniq)
+            self._author_known = raw >= 0
+            self._ua_cols = [BEHAVIOURS.index(k) for k in UA_KINDS[1:]]  # response columns of the counted kinds
         B = cfg.n_users
         self.leave = sim.make_leave(cfg, B)
         self.returns = sim.make_returns(cfg)
@@ -143,17 +168,49 @@ class RetentionEnv:
             session_index=torch.zeros(B, dtype=torch.long), step_in_session=torch.zeros(B, dtype=torch.long),
             days_since_last=torch.zeros(B), candidates=self._draw_candidates(),
         )
+        if self.cfg.ua_counts:
+            self._ua = torch.zeros(B, self.n_authors, len(UA_KINDS))  # (B, A, 5) pair counts per row
         self._acc_resp = torch.zeros(B, NB)
         self._acc_watch = torch.zeros(B)
         self._acc_reward = torch.zeros(B)
         self._cache = None  # response-model encoding of each row's history (HistoryCache)
         self._refill(torch.ones(B, dtype=torch.bool))
+        if self.cfg.candidate_source == "ranked":
+            self._obs.candidates = self._ranked_candidates()
+        self._attach_ua(self._obs)
         return self._obs.clone()
 
     def _draw_candidates(self) -> Tensor:
         if self.cfg.candidates is None:
             return torch.arange(self.n_items)
+        if self.cfg.candidate_source == "ranked":  # placeholder until the rows' states exist (reset)
+            return torch.zeros(self.B, self.cfg.candidates, dtype=torch.long)
         return torch.randperm(self.n_items, generator=self.gen)[: self.cfg.candidates].sort().values
+
+    def _ranked_candidates(self, rows: Tensor | None = None) -> Tensor:
+        """(n, C) the top C items of ``rows`` (n,) (None: every row) by the predicted immediate reward after their
+        history, sorted by id."""
+        state = self._state if rows is None else self._state[rows]
+        q = self.model.queries(state)[:, :NB]
+        score = self._fusion_scores(q, self.w.expand(len(state), NB), torch.arange(self.n_items))
+        return torch.topk(score, self.cfg.candidates, dim=1).indices.sort(dim=1).values
+
+    def _attach_ua(self, o: Obs) -> None:
+        """Set ``o.ua_counts`` (B, C, 5) from the pair table (nothing without ``ua_counts``)."""
+        if not self.cfg.ua_counts:
+            return
+        cand = o.candidates if o.candidates.dim() == 2 else o.candidates.expand(self.B, -1)
+        o.ua_counts = self._ua[torch.arange(self.B)[:, None], self.author[cand]]
+
+    def _count_pairs(self, rows: Tensor, items: Tensor, labels: Tensor) -> None:
+        """Add ``labels`` (n, L, 5) of ``items`` (n, L) shown to ``rows`` (n,) to the pair table (padding: label 0)."""
+        known = self._author_known[items][..., None]
+        flat = (rows[:, None] * self.n_authors + self.author[items]).reshape(-1)
+        self._ua.view(-1, len(UA_KINDS)).index_add_(0, flat, (labels * known).reshape(-1, len(UA_KINDS)))
+
+    def _ua_labels(self, y: Tensor, shown: Tensor) -> Tensor:
+        """(..., 5) the counted kinds of responses ``y`` (..., 7); ``shown`` (...) is the exposure count (0 or 1)."""
+        return torch.cat([shown[..., None], y[..., self._ua_cols]], -1)
 
     def _refill(self, mask: Tensor) -> None:
         """Start fresh users in the rows of ``mask`` (B,) bool."""
@@ -176,6 +233,11 @@ class RetentionEnv:
         o.days_since_last[mask] = 0.0
         self._acc_resp[mask], self._acc_watch[mask], self._acc_reward[mask] = 0.0, 0.0, 0.0
         self.leave.reset(mask)
+        if self.cfg.ua_counts:  # a fresh user's pairs start from their logged initial history
+            rows = torch.nonzero(mask).squeeze(1)
+            self._ua[rows] = 0.0
+            shown = (~o.hist_pad[rows]).float()
+            self._count_pairs(rows, o.hist_items[rows], self._ua_labels((o.hist_resp[rows, :, :NB] > 0.5).float() * shown[..., None], shown))
         fresh = self.model.init_cache(o.user[mask], o.hist_items[mask], o.hist_resp[mask], o.hist_pad[mask], self.item_vecs)
         if self._cache is None or n == self.B:
             self._cache = fresh
@@ -201,13 +263,18 @@ class RetentionEnv:
         else:
             score = action
         pick = torch.topk(score, K, dim=1).indices  # (B, K) positions in cand
-        slate = cand[pick]
+        slate = cand.gather(1, pick) if cand.dim() == 2 else cand[pick]
         v = self.item_vecs[slate]  # (B, K, D)
         logits = torch.einsum("bod,bkd->bko", q, v) + self.item_bias[slate]  # (B, K, 8)
         y = torch.bernoulli(torch.sigmoid(logits[..., :NB]), generator=self.gen)
         noise = torch.randn(logits[..., NB].shape, generator=self.gen)
         watch = torch.expm1((logits[..., NB] + self.sim.watch_sigma * noise).clamp(min=0.0, max=12.0))
         reward = y.mean(1) @ self.w  # (B,)
+        slate_ua = None
+        if self.cfg.ua_counts:
+            rows = torch.arange(B)
+            slate_ua = self._ua[rows[:, None], self.author[slate]]  # (B, K, 5) before this slate
+            self._count_pairs(rows, slate, self._ua_labels(y, torch.ones(B, K)))
 
         # History: drop the oldest K slots, append the slate with its responses.
         tokens = ResponseModel.token_features(y, watch)
@@ -249,14 +316,24 @@ class RetentionEnv:
             self._acc_resp[e], self._acc_watch[e], self._acc_reward[e] = 0.0, 0.0, 0.0
             self.leave.reset(e)
             episode_end = e & (o.session_index >= self.cfg.max_sessions)
-        o.candidates = self._draw_candidates() if self.cfg.candidates is not None else o.candidates
+        ranked = self.cfg.candidate_source == "ranked"
+        if ranked:
+            o.candidates = self._ranked_candidates()
+        elif self.cfg.candidates is not None:
+            o.candidates = self._draw_candidates()
+        self._attach_ua(o)
         next_obs = o.clone()
         users = o.user.clone()
         if episode_end.any():
             self._refill(episode_end)
+            if ranked:  # the fresh users' own candidates
+                o.candidates = o.candidates.clone()
+                o.candidates[episode_end] = self._ranked_candidates(torch.nonzero(episode_end).squeeze(1))
+            self._attach_ua(o)
         return StepOutput(
             slate=slate, responses=y, watch_time=watch, reward=reward, session_end=end, return_day=return_day,
-            retention_reward=ret_reward, session_reward=session_reward, episode_end=episode_end, next_obs=next_obs, obs=o.clone(), users=users,
+            retention_reward=ret_reward, session_reward=session_reward, episode_end=episode_end, next_obs=next_obs,
+            obs=o.clone(), users=users, slate_ua=slate_ua,
         )
 
     def _feedback(self, rows: Tensor, n_req: Tensor) -> Tensor:
@@ -274,8 +351,12 @@ class RetentionEnv:
         as the GEMM itself on CPU (page faults), and the small buffer stays in cache.
         """
         B = q.shape[0]
+        qa = torch.cat([q, torch.eye(NB).expand(B, NB, NB)], 2)
+        if cand.dim() == 2:  # per-row candidates (B, C): a batched product over each row's own items
+            logits = torch.bmm(qa, self.scoring_t.T[cand].transpose(1, 2))  # (B, 7, C)
+            return torch.bmm(action[:, None, :], logits.sigmoid_()).squeeze(1)
         mat = self.scoring_t if self.cfg.candidates is None else self.scoring_t[:, cand]
-        qa = torch.cat([q, torch.eye(NB).expand(B, NB, NB)], 2).reshape(B * NB, -1)
+        qa = qa.reshape(B * NB, -1)
         c = min(B, _FUSION_CHUNK)
         if self._buf is None or self._buf.shape != (c * NB, mat.shape[1]):
             self._buf = torch.empty(c * NB, mat.shape[1])
@@ -292,7 +373,7 @@ class RetentionEnv:
             action = torch.as_tensor(action, dtype=torch.float32)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise ActionError(f"action must be a numeric tensor or array: {exc}") from None
-        width = NB if self.cfg.action_mode == "fusion" else len(self._obs.candidates)
+        width = NB if self.cfg.action_mode == "fusion" else self._obs.candidates.shape[-1]
         what = "fusion weights (one per behaviour)" if self.cfg.action_mode == "fusion" else "candidate scores"
         if action.shape != (self.B, width):
             raise ActionError(f"action must have shape ({self.B}, {width}) of {what}, got {tuple(action.shape)}")
@@ -314,8 +395,11 @@ class RetentionEnv:
         """Everything that evolves between steps, as tensors (safe for ``torch.load(weights_only=True)``)."""
         if self._obs is None:
             raise RetentionRLError("call reset() before saving the environment")
-        out: dict[str, Tensor | int] = {f"obs.{f.name}": getattr(self._obs, f.name).clone() for f in fields(Obs)}
+        out: dict[str, Tensor | int] = {f"obs.{f.name}": getattr(self._obs, f.name).clone() for f in fields(Obs)
+                                        if getattr(self._obs, f.name) is not None}
         out.update({k: getattr(self, k).clone() for k in self._ACC})
+        if self.cfg.ua_counts:
+            out["ua"] = self._ua.clone()
         c = self._cache
         out.update({"cache.k": c.k.clone(), "cache.v": c.v.clone(), "cache.pad": c.pad.clone(),
                     "cache.state": c.state.clone(), "cache.start": c.start, "gen": self.gen.get_state()})
@@ -326,7 +410,7 @@ class RetentionEnv:
     def load_state_dict(self, state: dict[str, Tensor | int]) -> None:
         from retentionrl.nets.encoders import HistoryCache
 
-        self._obs = Obs(**{f.name: state[f"obs.{f.name}"].clone() for f in fields(Obs)})
+        self._obs = Obs(**{f.name: state[f"obs.{f.name}"].clone() for f in fields(Obs) if f"obs.{f.name}" in state})
         if self._obs.user.shape[0] != self.B:
             raise RetentionRLError(f"saved environment has {self._obs.user.shape[0]} users, this one {self.B}")
         for k in self._ACC:
@@ -336,4 +420,8 @@ class RetentionEnv:
         self.gen.set_state(state["gen"])
         if isinstance(self.leave, TemperLeave):
             self.leave.temper = state["temper"].clone()
+        if self.cfg.ua_counts:
+            if "ua" not in state:
+                raise RetentionRLError("saved environment has no user-author pair counts; this one keeps them (ua_counts)")
+            self._ua = state["ua"].clone()
 
