@@ -49,8 +49,8 @@ from torch import Tensor, nn
 
 from retentionrl.agents.base import Agent, agent_spec
 from retentionrl.errors import RetentionRLError
-from retentionrl.nets.actor_critic import AgentSpec, done_mask, encoder, mixed_reward, soft_update, time_aware
-from retentionrl.nets.encoders import FeatureEncoder, mlp
+from retentionrl.nets.actor_critic import AgentSpec, done_mask, mixed_reward, soft_update, time_aware
+from retentionrl.nets.item_q import TwoTowerQ
 from retentionrl.nets.optim import adam
 from retentionrl.replay import ReplayBuffer
 from retentionrl.simulator.env import EnvConfig
@@ -82,49 +82,6 @@ class DQNConfig:
     terminal: Literal["none", "session", "episode"] = "none"
 
 
-class TwoTowerQ(nn.Module):
-    """Q(s, i) = <f(s), e(i)> + b(i). Item feature tables are non-persistent buffers (they come from the simulator)."""
-
-    def __init__(self, spec: AgentSpec, item_cat: Tensor, item_num: Tensor, item_cards: list[int], cfg: DQNConfig) -> None:
-        super().__init__()
-        self.register_buffer("item_cat", item_cat.clone(), persistent=False)
-        self.register_buffer("item_num", item_num.clone(), persistent=False)
-        self.enc = encoder(spec, cfg.state_dim, cfg.token_dim)
-        self.head = mlp([cfg.state_dim, *cfg.hidden, cfg.dim])
-        self.item_id = nn.Embedding(item_cat.shape[0], cfg.dim) if cfg.item_ids else None
-        if self.item_id is not None:
-            nn.init.normal_(self.item_id.weight, std=0.05)
-        self.item_feat = FeatureEncoder(item_cards, item_num.shape[1], cfg.dim)
-        self.item_bias = nn.Embedding(item_cat.shape[0], 1)
-        nn.init.zeros_(self.item_bias.weight)
-
-    def state(self, obs: Obs) -> Tensor:
-        """(B, D) f(s)."""
-        return self.head(self.enc(obs))
-
-    def items(self, ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Embeddings (..., D) and biases (...) of ``ids`` (any shape; None: every item, (N, D) and (N,))."""
-        if ids is None:
-            cat, num = self.item_cat, self.item_num
-        else:
-            cat, num = self.item_cat[ids], self.item_num[ids]
-        e = self.item_feat(cat, num)
-        if self.item_id is not None:
-            e = e + (self.item_id.weight if ids is None else self.item_id(ids))
-        b = self.item_bias.weight[:, 0] if ids is None else self.item_bias(ids)[..., 0]
-        return e, b
-
-    def score(self, obs: Obs, candidates: Tensor | None = None) -> Tensor:
-        """(B, C) Q(s, ·) of shared candidates (C,) (None: every item)."""
-        e, b = self.items(candidates)
-        return self.state(obs) @ e.T + b
-
-    def q_of(self, obs: Obs, items: Tensor) -> Tensor:
-        """(B, K) Q(s, items[b, k]) of per-row items (B, K)."""
-        e, b = self.items(items)
-        return torch.einsum("bd,bkd->bk", self.state(obs), e) + b
-
-
 class DQN(Agent):
     action_mode = "items"
     learns = False  # learns in observe() from its own slate replay (see module docstring)
@@ -140,8 +97,8 @@ class DQN(Agent):
         self.cfg, self.batch_size, self.seed = cfg, cfg.batch_size, seed
         resp = sim.response
         self.n_items = int(sim.n_items)
-        self.q = TwoTowerQ(spec, resp.item_cat, resp.item_num,
-                           list(sim.meta["item_cardinalities"]), cfg)
+        self.q = TwoTowerQ(spec, resp.item_cat, resp.item_num, list(sim.meta["item_cardinalities"]),
+                           cfg.state_dim, cfg.token_dim, cfg.hidden, cfg.dim, cfg.item_ids)
         self.q_t = copy.deepcopy(self.q)
         for p in self.q_t.parameters():
             p.requires_grad_(False)

@@ -14,7 +14,7 @@ from retentionrl.training.online import TrainConfig, train
 from retentionrl.training.run import RunConfig, RunDir, build_agent
 
 #: algorithms trained from logs (supervised / offline RL) rather than by interacting with the simulator
-OFFLINE_ALGOS = frozenset({"din", "bc", "sec", "td3bc", "iql", "cql", "bcq", "il_cvae", "resact"})
+OFFLINE_ALGOS = frozenset({"din", "deepfm", "bc", "sec", "td3bc", "iql", "cql", "cql_discrete", "bcq", "il_cvae", "resact"})
 LOOPS = ("online", "offline")
 
 
