@@ -133,9 +133,9 @@ class DQN(Agent):
 
     def observe(self, obs: Obs, action: Tensor, out: StepOutput) -> dict[str, float]:
         """Store the step with the shown slate, then (after ``learning_starts``) do ``updates_per_step`` updates."""
-        if action.dim() != 2 or action.shape[1] != len(obs.candidates):
+        if action.dim() != 2 or action.shape[1] != obs.candidates.shape[-1]:
             raise RetentionRLError(
-                f"dqn is an item-level agent: expected (B, C) candidate scores with C = {len(obs.candidates)}, got "
+                f"dqn is an item-level agent: expected (B, C) candidate scores with C = {obs.candidates.shape[-1]}, got "
                 f"an action of shape {tuple(action.shape)} (set the environment's action_mode: items)")
         if self.buffer is None:
             self.buffer = self._make_buffer(obs, int(out.slate.shape[1]))
