@@ -194,6 +194,24 @@ def test_satisfaction_leave_keeps_satisfied_users_longer(tiny_sim):
     assert mean_session_length(1.0) > mean_session_length(-1.0)
 
 
+def test_satisfaction_gain_lengthens_good_sessions_by_hand():
+    """Temper 5, r_ref 1, drop 2, gain 0.5: a request of reward 2 (rel +1) costs 1 - 0.5 = 0.5, of reward 0.5
+    (rel -0.5) 1 + 2 * 0.5 = 2, of reward 1.5 (rel +0.5) 0.75; the session ends once temper < 1, or at the cap."""
+    from retentionrl.simulator.leave import TemperLeave
+
+    leave = TemperLeave(3, 5.0, drop=2.0, reference_reward=1.0, gain=0.5, max_requests=6)
+    g = torch.Generator()
+    ends = [leave.sample(torch.tensor([2.0, 0.5, 1.5]), None, g).tolist() for _ in range(6)]
+    # row 0: 4.5, 4, 3.5, 3, 2.5, 2 -> only the cap (6 requests) ends it; row 1: 3, 1, -1 -> ends at request 3;
+    # row 2: 4.25, 3.5, 2.75, 2, 1.25, 0.5 -> ends at request 6 (temper and cap together)
+    assert [e[0] for e in ends] == [False] * 5 + [True]
+    assert [e[1] for e in ends][:3] == [False, False, True]
+    assert [e[2] for e in ends] == [False] * 5 + [True]
+    assert torch.allclose(leave.temper, torch.tensor([2.0, -7.0, 0.5]))
+    leave.reset(torch.tensor([True, False, False]))
+    assert leave.temper[0] == 5.0 and leave.requests.tolist() == [0, 6, 6]
+
+
 def test_truncated_geometric_mean_closed_form():
     p = torch.tensor([0.05, 0.2, 0.4, 0.7, 0.999], dtype=torch.float64)
     D = 10

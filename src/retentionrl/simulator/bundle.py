@@ -144,8 +144,13 @@ class Simulator:
                 raise RetentionRLError("this bundle has no learned leave model")
             self._check_learned_unit("leave")
             return self.leave_model
-        drop = lc.satisfaction_drop if lc.kind == "satisfaction" else 0.0
-        return TemperLeave(n, lc.initial_temper, drop, float(self.meta["reference_reward"]))
+        sat = lc.kind == "satisfaction"
+        if lc.satisfaction_gain < 0 or (lc.max_requests is not None and lc.max_requests < 1):
+            raise RetentionRLError("env.leave: satisfaction_gain must be >= 0 and max_requests >= 1 (or null)")
+        if lc.satisfaction_gain > 0 and not sat:
+            raise RetentionRLError("env.leave.satisfaction_gain needs leave kind 'satisfaction'")
+        return TemperLeave(n, lc.initial_temper, lc.satisfaction_drop if sat else 0.0,
+                           float(self.meta["reference_reward"]), lc.satisfaction_gain if sat else 0.0, lc.max_requests)
 
     def make_returns(self, cfg: EnvConfig):
         rc = cfg.returns

@@ -53,6 +53,9 @@ class LeaveConfig:
     kind: Literal["temper", "satisfaction", "learned"] = "temper"
     initial_temper: float = 5.0
     satisfaction_drop: float = 2.0  # extra temper lost by a slate with zero reward ("satisfaction" only)
+    # temper saved by a slate of twice the reference reward ("satisfaction" only; 0: sessions <= initial_temper)
+    satisfaction_gain: float = field(default=0.0, metadata={OMIT_IF_DEFAULT: True})
+    max_requests: int | None = field(default=None, metadata={OMIT_IF_DEFAULT: True})  # session cap (temper kinds)
 
 
 @dataclass
@@ -405,6 +408,7 @@ class RetentionEnv:
                     "cache.state": c.state.clone(), "cache.start": c.start, "gen": self.gen.get_state()})
         if isinstance(self.leave, TemperLeave):
             out["temper"] = self.leave.temper.clone()
+            out["leave_requests"] = self.leave.requests.clone()
         return out
 
     def load_state_dict(self, state: dict[str, Tensor | int]) -> None:
@@ -420,6 +424,8 @@ class RetentionEnv:
         self.gen.set_state(state["gen"])
         if isinstance(self.leave, TemperLeave):
             self.leave.temper = state["temper"].clone()
+            if "leave_requests" in state:  # (absent from checkpoints made before the counter existed)
+                self.leave.requests = state["leave_requests"].clone()
         if self.cfg.ua_counts:
             if "ua" not in state:
                 raise RetentionRLError("saved environment has no user-author pair counts; this one keeps them (ua_counts)")

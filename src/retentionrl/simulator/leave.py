@@ -4,7 +4,10 @@
   user leaves when it falls below 1, so every session has exactly ``ceil(initial_temper)`` requests.
 * ``satisfaction`` (KuaiSim's whole-session env, made explicit): a disappointing slate costs extra temper,
   ``temper -= 1 + drop * clamp((r_ref - r) / r_ref, 0, 1)``, where ``r`` is the request's immediate reward and
-  ``r_ref`` the reward of an average logged exposure. Good slates keep users longer.
+  ``r_ref`` the reward of an average logged exposure. Good slates keep users longer. With ``satisfaction_gain``
+  g > 0 a better-than-average slate also costs less, ``- g * clamp((r - r_ref) / r_ref, 0, 1)`` (a session is then
+  no longer capped at ``initial_temper`` requests; ``max_requests`` caps it), so session length can respond in
+  both directions — the quitting mechanism of RLIV-UA's simulator (UNEX-RL's), where sessions run from 2 to 13.
 * ``learned``: a per-*exposure* hazard ``h = P(session ends after this exposure | state after it, its position
   in the session in exposures, its 7 responses)``, an MLP fitted on the logs' session ends (one example per
   logged exposure). A request of K items is K exposures: the env evaluates ``h_k`` for each shown item (position
@@ -37,18 +40,25 @@ def leave_features(state: Tensor, position: Tensor, resp: Tensor) -> Tensor:
 class TemperLeave:
     """Stateful over a batch of B users; ``drop = 0`` is the fixed-length KuaiSim variant."""
 
-    def __init__(self, n: int, initial_temper: float, drop: float = 0.0, reference_reward: float = 1.0) -> None:
+    def __init__(self, n: int, initial_temper: float, drop: float = 0.0, reference_reward: float = 1.0,
+                 gain: float = 0.0, max_requests: int | None = None) -> None:
         self.initial, self.drop, self.ref = initial_temper, drop, max(reference_reward, 1e-6)
+        self.gain, self.max_requests = gain, max_requests
         self.temper = torch.full((n,), float(initial_temper))
+        self.requests = torch.zeros(n, dtype=torch.long)  # in this session (for max_requests)
 
     def reset(self, mask: Tensor) -> None:
         self.temper[mask] = self.initial
+        self.requests[mask] = 0
 
     def sample(self, reward: Tensor, features: Tensor, generator: torch.Generator) -> Tensor:
         """reward (B,) -> leave (B,) bool. Deterministic."""
-        cost = 1.0 + self.drop * ((self.ref - reward) / self.ref).clamp(0.0, 1.0)
+        rel = (reward - self.ref) / self.ref
+        cost = 1.0 + self.drop * (-rel).clamp(0.0, 1.0) - self.gain * rel.clamp(0.0, 1.0)
         self.temper -= cost
-        return self.temper < 1.0
+        self.requests += 1
+        end = self.temper < 1.0
+        return end if self.max_requests is None else end | (self.requests >= self.max_requests)
 
 
 class LearnedLeave(nn.Module):
