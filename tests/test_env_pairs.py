@@ -72,3 +72,10 @@ def test_pair_counts_follow_every_shown_item_and_restart_with_a_fresh_user(synth
             table[rows] = fresh_table(out.obs, rows)
         assert torch.equal(out.obs.ua_counts, table[:, author[out.obs.candidates]])
     assert ended > 0 and table[..., 1].sum() > 0  # fresh users and clicks were exercised
+
+
+def test_bad_leave_settings_are_one_line_errors_naming_the_key(synthetic_sim):
+    with pytest.raises(RetentionRLError, match=r"^env\.leave\.satisfaction_gain needs leave kind 'satisfaction'$"):
+        RetentionEnv(synthetic_sim, preset("kuaisim", leave={"satisfaction_gain": 0.5}))
+    with pytest.raises(RetentionRLError, match=r"^env\.leave: satisfaction_gain must be >= 0 and max_requests >= 1"):
+        RetentionEnv(synthetic_sim, preset("kuaisim", leave={"kind": "satisfaction", "max_requests": 0}))
