@@ -25,6 +25,7 @@ import yaml
 
 from retentionrl.bench.grid import run_parallel
 from retentionrl.bench.report import load_runs
+from retentionrl.bench.worktree import add_worktree
 from retentionrl.config import load_config
 from retentionrl.evaluation.stats import mean_ci, welch_t_test
 from retentionrl.utils.io import write_text_atomic
@@ -56,11 +57,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "docs" / "results" / "speed_equivalence.md"))
     args = ap.parse_args()
     runs = Path(args.runs)
-    base = runs / f"base-{args.base}"
-    if not (base / "src").is_dir():
-        runs.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(base), args.base], check=True)
-    trees = {"before": str(base / "src"), "after": str(REPO / "src")}
+    trees = {"before": str(add_worktree(REPO, args.base, runs / f"base-{args.base}")), "after": str(REPO / "src")}
     with tempfile.TemporaryDirectory() as tmp:
         jobs = []
         for algo in args.algos:

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
+from retentionrl.bench.worktree import add_worktree, remove_worktree
 from retentionrl.config import from_dict, load_config
 from retentionrl.simulator.bundle import Simulator
 from retentionrl.training.buffer import ReplayBuffer
@@ -158,14 +159,14 @@ def measure_commit(commit: str, bundle: str, algos: list[str], steps: int, threa
     """The same measurement with ``commit``'s package, in a child process on a detached worktree."""
     with tempfile.TemporaryDirectory() as d:
         tree = Path(d) / "base"
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(tree), commit], check=True)
+        src = add_worktree(REPO, commit, tree)
         try:
-            env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+            env = {**os.environ, "PYTHONPATH": str(src)}
             out = subprocess.run([sys.executable, __file__, "--bundle", bundle, "--steps", str(steps), "--threads",
                                   str(threads), "--json", "--algos", *algos], env=env, check=True,
                                  stdout=subprocess.PIPE, text=True, cwd=tree).stdout
         finally:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=True)
+            remove_worktree(REPO, tree)
     return json.loads(out.strip().splitlines()[-1])
 
 

@@ -174,3 +174,15 @@ def test_feature_encoder_is_the_sum_of_per_column_embeddings_and_keeps_per_colum
     assert torch.equal(fresh.table.weight, enc.table.weight + 1.0)
     outer = torch.nn.Sequential(enc)  # nested: the keys carry the prefix
     assert "0.embeds.2.weight" in outer.state_dict() and "0.table.weight" not in outer.state_dict()
+
+
+def test_soft_update_refuses_a_target_that_is_not_a_copy_of_the_network():
+    net, other = torch.nn.Linear(3, 2), torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    with pytest.raises(ValueError, match="not a copy"):
+        soft_update(net, other, 0.5)
+    with pytest.raises(ValueError, match="not a copy"):
+        soft_update(net, torch.nn.Linear(2, 3), 0.5)  # same count, other shapes
+    target = torch.nn.Linear(3, 2)
+    before = target.weight.detach().clone()
+    soft_update(net, target, 0.5)
+    assert torch.allclose(target.weight, 0.5 * before + 0.5 * net.weight.detach())

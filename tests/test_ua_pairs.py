@@ -92,3 +92,9 @@ def test_author_stats_and_item_sets(sample):
     ids, offsets, items = author_items(np.array([5, -1, 3, 5, 3, 9]))
     assert ids.tolist() == [3, 5, 9] and offsets.tolist() == [0, 2, 4, 5]
     assert [items[offsets[k]:offsets[k + 1]].tolist() for k in range(3)] == [[2, 4], [0, 3], [5]]
+
+
+def test_a_log_without_author_ids_is_a_one_line_error_naming_the_dataset(sample):
+    data = dataclasses.replace(sample, log=sample.log.drop(columns=["author_id"]))
+    with pytest.raises(DataError, match=rf"^{sample.name}: the log has no author_id column: user-author pairs need it$"):
+        pair_counts(data)

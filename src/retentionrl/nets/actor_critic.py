@@ -263,9 +263,13 @@ def critic_step(critics: list[Critic], opt: torch.optim.Optimizer, obs: Obs, act
 
 def soft_update(net: nn.Module, target: nn.Module, tau: float) -> None:
     """Polyak step ``target <- target + tau * (net - target)``, every tensor in one multi-tensor kernel."""
+    t, p = list(target.parameters()), list(net.parameters())
+    if not t:  # (tests swap in parameter-free targets)
+        return
+    if len(t) != len(p) or any(a.shape != b.shape for a, b in zip(t, p)):
+        raise ValueError(f"soft_update: the target has {len(t)} parameter tensors, the network {len(p)} (or their "
+                         "shapes differ): not a copy of it")
     with torch.no_grad():
-        pairs = list(zip(target.parameters(), net.parameters()))  # (tests swap in parameter-free targets)
-        if pairs:
-            torch._foreach_lerp_([t for t, _ in pairs], [p for _, p in pairs], tau)
+        torch._foreach_lerp_(t, p, tau)
 
 
