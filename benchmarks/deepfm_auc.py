@@ -46,7 +46,7 @@ def fit_and_score(sim: Simulator, users: torch.Tensor, items: torch.Tensor, clic
     secs = time.time() - t0
     test = ~train
     with torch.no_grad():
-        logits = agent.net.eval()(users[test], items[test])
+        logits = agent.net.eval()(*agent.net.profile(users[test]), items[test])
     return roc_auc(logits, click[test]), secs
 
 

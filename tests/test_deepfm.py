@@ -26,7 +26,7 @@ def test_fm_term_is_the_sum_of_pairwise_inner_products(synthetic_sim):
     e = torch.cat([net.embed.weight[codes[0]], x[0, :, None] * net.num_embed])  # (F, k)
     pairs = sum(float(e[a] @ e[b]) for a in range(len(e)) for b in range(a + 1, len(e)))
     first = float(net.first.weight[codes[0]].sum() + (x[0] * net.num_first).sum())
-    assert abs(float(net(u, i)) - (0.3 + first + pairs)) < 1e-4
+    assert abs(float(net(*net.profile(u), i)) - (0.3 + first + pairs)) < 1e-4
 
 
 def test_deepfm_learns_a_user_by_item_interaction():
@@ -42,7 +42,7 @@ def test_deepfm_learns_a_user_by_item_interaction():
         b = torch.arange(k, k + 256) % 8192
         agent.fit_pairs(users[b], items[b], y[b])
     with torch.no_grad():
-        logits = agent.net(users, items)
+        logits = agent.net(*agent.net.profile(users), items)
     assert roc_auc(logits, y) > 0.95
 
 

@@ -121,23 +121,24 @@ def test_rliv_ua_prefers_the_author_whose_follows_pay_off_later_and_the_reward_r
     agent = _known_answer_agent(gamma=0.5)
     users = torch.arange(8)
     fresh = torch.zeros(8, 2, 5)  # a new pair with both authors
-    liv = agent.liv(users, torch.tensor([0, 1]).expand(8, 2), fresh)  # (8, 2)
+    prof = agent.net.embed.profile(users)
+    liv = agent.liv(*prof, torch.tensor([0, 1]).expand(8, 2), fresh)  # (8, 2)
     assert (liv[:, 1] > liv[:, 0]).all()  # LIV picks item 1
     assert liv[:, 0].mean().item() == pytest.approx(2.0, rel=0.15)
     assert liv[:, 1].mean().item() == pytest.approx(3.5, rel=0.15)
     # the auxiliary head r̂ is the immediate (reward-ranking) predictor: it prefers item 0 (1 > 0.5)
-    r_hat = agent.net(users, torch.tensor([0, 1]).expand(8, 2), fresh, 0.5, ["watch_time"])["watch_time"][0]
+    r_hat = agent.net(*prof, torch.tensor([0, 1]).expand(8, 2), fresh, 0.5, ["watch_time"])["watch_time"][0]
     assert (r_hat[:, 0] > r_hat[:, 1]).all()
     assert r_hat[:, 0].mean().item() == pytest.approx(1.0, abs=0.15) and r_hat[:, 1].mean().item() == pytest.approx(0.5, abs=0.15)
     # a myopic ranker (γ = 0, the same networks trained on the immediate reward) ranks item 0 first
     myopic = _known_answer_agent(gamma=0.0, updates=200)
-    m = myopic.liv(users, torch.tensor([0, 1]).expand(8, 2), fresh)
+    m = myopic.liv(*prof, torch.tensor([0, 1]).expand(8, 2), fresh)
     assert (m[:, 0] > m[:, 1]).all()
 
 
 def test_rliv_ua_without_the_auxiliary_head_learns_the_same_values():
     agent = _known_answer_agent(gamma=0.5, auxiliary=False)
-    liv = agent.liv(torch.arange(8), torch.tensor([0, 1]).expand(8, 2), torch.zeros(8, 2, 5))
+    liv = agent.liv(*agent.net.embed.profile(torch.arange(8)), torch.tensor([0, 1]).expand(8, 2), torch.zeros(8, 2, 5))
     assert liv[:, 0].mean().item() == pytest.approx(2.0, rel=0.15)
     assert liv[:, 1].mean().item() == pytest.approx(3.5, rel=0.15)
 
@@ -193,3 +194,18 @@ def test_rliv_ua_trains_in_the_env_and_resumes_exactly(synthetic_sim):
     agent2.load_state_dict(saved["agent"])
     b_obs, _ = run(agent2, env2, env2.obs, 5)
     assert torch.equal(agent.act(a_obs), agent2.act(b_obs)) and torch.equal(a_obs.ua_counts, b_obs.ua_counts)
+
+
+def test_item_level_scores_read_the_observed_profile_not_the_user_id(synthetic_sim):
+    """What a served user brings is the profile in the observation; the simulator's user table is not consulted."""
+    cfg = preset("kuaisim", action_mode="items", candidates=20, ua_counts=True, n_users=4)
+    env = RetentionEnv(synthetic_sim, cfg)
+    obs = env.reset(seed=0)
+    for name in ("rliv_ua", "deepfm"):
+        agent = make_agent(name, synthetic_sim, {}, 0, cfg)
+        base = agent.act(obs)
+        other = obs.clone()
+        other.user = torch.full_like(obs.user, 63)  # another user id, same profiles
+        assert torch.equal(agent.act(other), base), name
+        other.profile_num = other.profile_num + 1.0
+        assert not torch.allclose(agent.act(other), base), name

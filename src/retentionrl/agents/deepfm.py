@@ -67,12 +67,19 @@ class DeepFMNet(nn.Module):
         nn.init.zeros_(self.first.weight)
         self.deep = mlp([n_fields * cfg.dim, *cfg.hidden, 1])
 
-    def forward(self, users: Tensor, items: Tensor) -> Tensor:
-        shape = items.shape
-        u = users.view(-1, *([1] * (items.dim() - 1))).expand(shape)
-        codes = torch.cat([self.user_cat[u], self.item_cat[items], items[..., None]], -1)  # (M, *J, Fc)
+    def profile(self, users: Tensor) -> tuple[Tensor, Tensor]:
+        """The profile fields (M, Fc), (M, Fn) of simulator / log users."""
+        return self.user_cat[users], self.user_num[users]
+
+    def forward(self, ucat: Tensor, unum: Tensor, items: Tensor) -> Tensor:
+        """profile (M, Fc) codes and (M, Fn) numbers (the observation's, so a served user need not be in the
+        tables), items (M, *J) -> logits (M, *J)."""
+        lead = (-1, *([1] * (items.dim() - 1)))
+        ucat = ucat.view(*lead, ucat.shape[-1]).expand(*items.shape, -1)
+        unum = unum.view(*lead, unum.shape[-1]).expand(*items.shape, -1)
+        codes = torch.cat([ucat, self.item_cat[items], items[..., None]], -1)  # (M, *J, Fc)
         codes = codes % self.sizes + self.offsets
-        x = torch.cat([self.user_num[u], self.item_num[items]], -1)  # (M, *J, Fn)
+        x = torch.cat([unum, self.item_num[items]], -1)  # (M, *J, Fn)
         e = torch.cat([self.embed(codes), x[..., None] * self.num_embed], -2)  # (M, *J, F, k)
         first = self.first(codes).sum((-2, -1)) + (x * self.num_first).sum(-1)
         s = e.sum(-2)
@@ -98,7 +105,7 @@ class DeepFM(Agent):
     def act(self, obs: Obs, explore: bool = False) -> Tensor:
         """(B, C) click logits of the candidates."""
         cand = obs.candidates if obs.candidates.dim() == 2 else obs.candidates.expand(obs.user.shape[0], -1)
-        return self.net.eval()(obs.user, cand)
+        return self.net.eval()(obs.profile_cat, obs.profile_num, cand)
 
     def check_logs(self, logs: dict[str, Tensor], source: str) -> None:
         if "slate" not in logs or "responses" not in logs:
@@ -111,7 +118,7 @@ class DeepFM(Agent):
     def fit_pairs(self, users: Tensor, items: Tensor, y: Tensor) -> float:
         """One BCE step on exposures (users, items, 0/1 labels, all (M, ...)); returns the loss."""
         self.net.train()
-        loss = nn.functional.binary_cross_entropy_with_logits(self.net(users, items), y.float())
+        loss = nn.functional.binary_cross_entropy_with_logits(self.net(*self.net.profile(users), items), y.float())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()

@@ -166,9 +166,15 @@ class UAEmbedding(nn.Module):
             nn.init.normal_(e.weight, std=0.05)
         self.pair = nn.Linear(NU, dim)
 
-    def forward(self, users: Tensor, items: Tensor, counts: Tensor) -> Tensor:
-        """users (M,), items (M, *J), counts (M, *J, 5) -> H (M, *J, 3E)."""
-        h_u = self.user(self.user_cat[users], self.user_num[users])
+    def profile(self, users: Tensor) -> tuple[Tensor, Tensor]:
+        """The profile fields (M, Fc), (M, Fn) of simulator users (training samples store user ids)."""
+        return self.user_cat[users], self.user_num[users]
+
+    def forward(self, ucat: Tensor, unum: Tensor, items: Tensor, counts: Tensor) -> Tensor:
+        """profile (M, Fc) codes and (M, Fn) numbers, items (M, *J), counts (M, *J, 5) -> H (M, *J, 3E). The
+        profile comes with the observation (``obs.profile_cat`` / ``profile_num``), so a served user need not be
+        one of the simulator's."""
+        h_u = self.user(ucat, unum)
         h_u = h_u.view(h_u.shape[0], *([1] * (items.dim() - 1)), -1).expand(*items.shape, -1)
         if items.numel() > self.item_cat.shape[0]:  # many rows (scoring candidates): embed the catalogue once
             h_a = self.items()[items]
@@ -191,10 +197,10 @@ class LIVNets(nn.Module):
         self.embed = UAEmbedding(sim, author, n_authors, cfg.embed_dim)
         self.towers = nn.ModuleDict({t: LIVTower(3 * cfg.embed_dim, cfg.hidden, cfg.auxiliary) for t in cfg.tasks})
 
-    def forward(self, users: Tensor, items: Tensor, counts: Tensor, gamma: float,
+    def forward(self, ucat: Tensor, unum: Tensor, items: Tensor, counts: Tensor, gamma: float,
                 tasks: list[str] | None = None) -> dict[str, tuple[Tensor, Tensor]]:
-        """{task: (r̂ (M, *J), Q (M, *J, 2))} for ``tasks`` (None: every tower)."""
-        h = self.embed(users, items, counts)
+        """{task: (r̂ (M, *J), Q (M, *J, 2))} for ``tasks`` (None: every tower); the inputs as UAEmbedding's."""
+        h = self.embed(ucat, unum, items, counts)
         return {t: self.towers[t](h, gamma) for t in (tasks or list(self.towers))}
 
 
@@ -240,10 +246,10 @@ class RLIVUA(Agent):
         return c.eps_start + frac * (c.eps_end - c.eps_start)
 
     @torch.no_grad()
-    def liv(self, users: Tensor, items: Tensor, counts: Tensor, net: LIVNets | None = None) -> Tensor:
-        """(M, *J) the ranking score ``Σ_l score[l] · min_k Q_l,k`` of pairs (users (M,), items (M, *J),
-        counts (M, *J, 5))."""
-        out = (net or self.net)(users, items, counts, self.cfg.gamma, list(self.cfg.score))
+    def liv(self, ucat: Tensor, unum: Tensor, items: Tensor, counts: Tensor) -> Tensor:
+        """(M, *J) the ranking score ``Σ_l score[l] · min_k Q_l,k`` of pairs (profiles (M, Fc), (M, Fn), items
+        (M, *J), counts (M, *J, 5))."""
+        out = self.net(ucat, unum, items, counts, self.cfg.gamma, list(self.cfg.score))
         return sum(w * out[t][1].min(-1).values for t, w in self.cfg.score.items())
 
     @torch.no_grad()
@@ -253,7 +259,7 @@ class RLIVUA(Agent):
             raise RetentionRLError("rliv_ua scores user-author pairs: the environment must keep their counts "
                                    "(env: ua_counts: true)")
         cand = obs.candidates if obs.candidates.dim() == 2 else obs.candidates.expand(obs.user.shape[0], -1)
-        scores = self.liv(obs.user, cand, obs.ua_counts)
+        scores = self.liv(obs.profile_cat, obs.profile_num, cand, obs.ua_counts)
         if explore:
             rand_rows = torch.rand(scores.shape[0], generator=self.gen) < self.epsilon()
             if n := int(rand_rows.sum()):
@@ -296,11 +302,12 @@ class RLIVUA(Agent):
             valid = self.author_valid[a]  # (M, J)
             m, j = valid.nonzero(as_tuple=True)  # only real items (authors average 1.1 of J = 6 slots)
             nxt = asa_next(batch["counts"], batch["labels"])[m]
-            q_valid = self.net_t(users[m], self.author_items[a][m, j], nxt, cfg.gamma)
+            ucat, unum = self.net.embed.profile(users)
+            q_valid = self.net_t(ucat[m], unum[m], self.author_items[a][m, j], nxt, cfg.gamma)
             q_next = {}
             for t, (_, q) in q_valid.items():  # back to (M, J, 2); padding is masked by liv_target
                 q_next[t] = q.new_zeros(*valid.shape, 2).index_put_((m, j), q)
-        out = self.net(users, items, batch["counts"], cfg.gamma)
+        out = self.net(ucat, unum, items, batch["counts"], cfg.gamma)
         losses, info = {}, {}
         for j, t in enumerate(cfg.tasks):
             y = liv_target(q_next[t], r[:, j], cfg.gamma, valid)
