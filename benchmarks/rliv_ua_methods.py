@@ -39,11 +39,14 @@ from retentionrl.utils.io import write_text_atomic
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "train"
 PAIRS = {"candidates": 100, "candidate_source": "ranked", "ua_counts": True}
+# Two periodic evaluations (steps 1,000 and 2,000) instead of the other tables' four: in this env one evaluation
+# of an item-level policy is ~1 minute (256 users x 100 candidates scored per request, sessions of up to ~14
+# requests), and a cell must stay within the 5-minute budget.
 PARTS = {
     # satisfaction temper that better-than-average slates also feed (gain), so that session length can grow
-    "kuaisim": {"preset": "kuaisim", "env": {"leave": {"kind": "satisfaction", "satisfaction_gain": 0.7,
-                                                       "max_requests": 30}, **PAIRS}},
-    "learned": {"preset": "learned", "env": {"slate_size": 1, **PAIRS}},
+    "kuaisim": {"preset": "kuaisim", "eval_every": 1000,
+                "env": {"leave": {"kind": "satisfaction", "satisfaction_gain": 0.7, "max_requests": 30}, **PAIRS}},
+    "learned": {"preset": "learned", "eval_every": 1000, "env": {"slate_size": 1, **PAIRS}},
 }
 BASELINES = {"ranking_model": CONFIGS / "rliv_ua" / "deepfm-kuaisim.yaml",
              "cql": CONFIGS / "rliv_ua" / "cql_discrete-kuaisim.yaml",
