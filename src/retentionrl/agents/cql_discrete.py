@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from retentionrl.agents.base import Agent, agent_spec
+from retentionrl.agents.base import TorchAgent, agent_spec
 from retentionrl.config import from_dict
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.actor_critic import done_mask, mixed_reward, soft_update, time_aware
@@ -53,9 +53,10 @@ class DiscreteCQLConfig:
     terminal: Literal["none", "session", "episode"] = "none"
 
 
-class DiscreteCQL(Agent):
+class DiscreteCQL(TorchAgent):
     action_mode = "items"
     learns = True
+    _STATE = ("q", "q_t", "opt")
 
     def __init__(self, sim, spec, cfg: DiscreteCQLConfig, seed: int = 0) -> None:
         if cfg.alpha < 0 or any(n is not None and n < 1 for n in (cfg.cql_items, cfg.target_candidates)):
@@ -108,17 +109,6 @@ class DiscreteCQL(Agent):
         self.n_updates += 1
         return {"loss": float(loss.detach()), "td": float(td.detach()), "cql": float(cql.detach()),
                 "q": float(q.detach().mean())}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"q": self.q.state_dict(), "q_t": self.q_t.state_dict(), "opt": self.opt.state_dict(),
-                "gen": self.gen.get_state(), "n_updates": self.n_updates}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.q.load_state_dict(state["q"])
-        self.q_t.load_state_dict(state["q_t"])
-        self.opt.load_state_dict(state["opt"])
-        self.gen.set_state(state["gen"])
-        self.n_updates = int(state["n_updates"])
 
 
 def build(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> DiscreteCQL:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from retentionrl.agents.base import Agent
+from retentionrl.agents.base import TorchAgent
 from retentionrl.config import from_dict
 from retentionrl.data.schema import BEHAVIOURS
 from retentionrl.errors import RetentionRLError
@@ -87,9 +87,10 @@ class DeepFMNet(nn.Module):
         return self.bias + first + fm + self.deep(e.flatten(-2))[..., 0]
 
 
-class DeepFM(Agent):
+class DeepFM(TorchAgent):
     action_mode = "items"
     learns = True
+    _STATE = ("net", "opt")
 
     def __init__(self, sim, cfg: DeepFMConfig, seed: int = 0) -> None:
         if cfg.target not in BEHAVIOURS:
@@ -128,16 +129,6 @@ class DeepFM(Agent):
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
         """One step on logged slates: ``user`` (M,), ``slate`` (M, K), ``responses`` (M, K, 7)."""
         return {"bce": self.fit_pairs(batch["user"], batch["slate"], batch["responses"][..., self.target])}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "gen": self.gen.get_state(),
-                "n_updates": self.n_updates}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.net.load_state_dict(state["net"])
-        self.opt.load_state_dict(state["opt"])
-        self.gen.set_state(state["gen"])
-        self.n_updates = int(state["n_updates"])
 
 
 def build(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> DeepFM:

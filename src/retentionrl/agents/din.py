@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from retentionrl.agents.base import Agent
+from retentionrl.agents.base import TorchAgent
 from retentionrl.data.schema import BEHAVIOURS
 from retentionrl.errors import RetentionRLError
 from retentionrl.nets.encoders import FeatureEncoder, mlp
@@ -149,7 +149,8 @@ class DINNet(nn.Module):
         return self.head(p, torch.einsum("bhk,bhd->bkd", w, h), t)
 
 
-class DIN(Agent):
+class DIN(TorchAgent):
+    _STATE = ("net", "opt")
     """DIN as a greedy item-level policy; ``update`` = :meth:`fit_batch` (supervised, offline)."""
 
     action_mode = "items"
@@ -232,16 +233,6 @@ class DIN(Agent):
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
         return self.fit_batch(batch)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "gen": self.gen.get_state(),
-                "n_updates": self.n_updates}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.net.load_state_dict(state["net"])
-        self.opt.load_state_dict(state["opt"])
-        self.gen.set_state(state["gen"])
-        self.n_updates = int(state["n_updates"])
 
 
 def build(sim, cfg: dict[str, Any], seed: int, env: EnvConfig | None = None) -> DIN:
