@@ -125,6 +125,11 @@ def test_is_and_pdwis_are_unbiased_for_near_targets_and_pdwis_ranks_the_targets(
     assert far["estimates"]["is@2"] < far["truth_return"] - 3 * math.hypot(far["se"]["is@2"], far["truth_return_se"])
     s = res.summary_of("pdwis@inf")
     assert s["rmse"] >= abs(s["bias"]) and s["n_policies"] == 5
+    # the supported subset: exactly the targets with ESS >= 0.1, its truth range their truths' range
+    sup = res.summary_of("pdwis@inf", "supported")
+    kept = [r for r in res.rows if r["ess"] >= 0.1]
+    assert sup["support"] != "all" and sup["n_policies"] == len(kept)
+    assert sup["truth_range"] == (min(r["truth_return"] for r in kept), max(r["truth_return"] for r in kept))
 
 
 def test_ncis_estimates_the_behaviour_where_the_reward_comes_at_the_session_end(sim, behaviour, distance):

@@ -87,6 +87,7 @@ ESTIMATORS: dict[str, tuple[Estimate, str]] = {
 }
 DEFAULT_ESTIMATORS = ("ncis", "is", "pdwis")
 DEFAULT_CAPS = (2.0, 10.0, math.inf)
+SUPPORTED_ESS = 0.1  # a target the logs support: Kish ESS of its trajectory weights >= this share of the logs
 
 
 def column(estimator: str, cap: float) -> str:
@@ -101,7 +102,8 @@ class OPETruthResult:
     statistics), ``ess`` (Kish effective sample size of the uncapped trajectory weights on the logs, as a fraction
     of the logged trajectories), ``estimates`` {column: value} and ``se`` {column: jackknife standard error or
     None}. Standard errors are clustered by env row. ``summary``: one dict per column — ``column``,
-    ``estimator``, ``cap``, ``truth`` (the functional it is compared with), ``bias``, ``rmse``, ``spearman``
+    ``estimator``, ``cap``, ``truth`` (the functional it is compared with), ``support`` ("all", then the
+    policies with ESS >= SUPPORTED_ESS), ``truth_range``, ``bias``, ``rmse``, ``spearman``
     (None if undefined), ``n_policies``. ``info``: the setup and the logs' sizes, with the behaviour's own
     on-policy values (``behaviour_mean`` / ``behaviour_return`` and their ``_se``)."""
 
@@ -113,8 +115,9 @@ class OPETruthResult:
     def row(self, policy: str) -> dict[str, Any]:
         return next(r for r in self.rows if r["policy"] == policy)
 
-    def summary_of(self, col: str) -> dict[str, Any]:
-        return next(s for s in self.summary if s["column"] == col)
+    def summary_of(self, col: str, support: str = "all") -> dict[str, Any]:
+        """The summary of column ``col`` over every policy (``support="all"``) or over the supported ones."""
+        return next(s for s in self.summary if s["column"] == col and (s["support"] == "all") == (support == "all"))
 
     def truth_key(self, col: str) -> str:
         return "truth_" + ESTIMATORS[col.split("@")[0]][1]
@@ -265,15 +268,21 @@ def ope_against_truth(sim: Simulator, behaviour: Agent, targets: dict[str, Agent
                      "ess": ess, "estimates": est, "se": se})
 
     summary = []
-    for e in estimators:
-        key = "truth_" + ESTIMATORS[e][1]
-        truth = torch.tensor([row[key] for row in rows], dtype=torch.float64)
-        for c in caps:
-            col = column(e, c)
-            x = torch.tensor([row["estimates"][col] for row in rows], dtype=torch.float64)
-            summary.append({"column": col, "estimator": e, "cap": float(c), "truth": key,
-                            "bias": float((x - truth).mean()), "rmse": float((x - truth).square().mean().sqrt()),
-                            "spearman": _spearman(x, truth), "n_policies": len(rows)})
+    # Over every policy, then over those the logs support (ESS >= SUPPORTED_ESS): where the behaviour almost never
+    # takes the target's actions the weights vanish, and an estimator's error there says nothing of its accuracy
+    # where it can be used.
+    for support, sub in (("all", rows), (f"ESS ≥ {SUPPORTED_ESS:g}", [r for r in rows if r["ess"] >= SUPPORTED_ESS])):
+        for e in estimators:
+            key = "truth_" + ESTIMATORS[e][1]
+            truth = torch.tensor([row[key] for row in sub], dtype=torch.float64)
+            for c in caps:
+                col = column(e, c)
+                x = torch.tensor([row["estimates"][col] for row in sub], dtype=torch.float64)
+                summary.append({"column": col, "estimator": e, "cap": float(c), "truth": key, "support": support,
+                                "bias": float((x - truth).mean()) if sub else None,
+                                "rmse": float((x - truth).square().mean().sqrt()) if sub else None,
+                                "spearman": _spearman(x, truth), "n_policies": len(sub),
+                                "truth_range": (float(truth.min()), float(truth.max())) if sub else None})
     info = {"sigma": sigma if isinstance(sigma, (int, float)) else list(sigma), "task": task, "split": split,
             "task_stats": task_stats if task is not None else None, "pool_users": int(pool_sim.test_users.sum()),
             "gamma": gamma, "retention_weight": retention_weight, "immediate_weight": immediate_weight,
@@ -320,11 +329,12 @@ def markdown_tables(res: OPETruthResult) -> str:
             se = row["se"].get(c)
             cells.append(_f(row["estimates"][c]) + (f" ± {_f(se)}" if se is not None else ""))
         lines.append(f"| {row['policy']} | " + " | ".join(cells) + " |")
-    lines += ["", "| estimator @ cap | compared with | bias | RMSE | Spearman | policies |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| estimator @ cap | compared with | policies | bias | RMSE | Spearman | n | truth range |",
+              "|---|---|---|---|---|---|---|---|"]
     for s in res.summary:
-        lines.append(f"| `{s['column']}` | {s['truth'].replace('truth_', '')} | {_f(s['bias'])} | {_f(s['rmse'])} | "
-                     f"{_f(s['spearman'], 3)} | {s['n_policies']} |")
+        rng = "–" if s["truth_range"] is None else f"{_f(s['truth_range'][0])} – {_f(s['truth_range'][1])}"
+        lines.append(f"| `{s['column']}` | {s['truth'].replace('truth_', '')} | {s['support']} | {_f(s['bias'])} | "
+                     f"{_f(s['rmse'])} | {_f(s['spearman'], 3)} | {s['n_policies']} | {rng} |")
     return "\n".join(lines) + "\n"
 
 
