@@ -1,0 +1,33 @@
+"""A benchmark table compares methods only if every cell of a part acts in one environment: the part's env must
+win over whatever a method's own config says (an RLIV-UA yaml once leaked its satisfaction leave model into the
+learned-preset part; the provenance check refused the table after 20 cells had run)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from retentionrl.bench.grid import resolved_config
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("part", ["kuaisim", "learned"])
+def test_rliv_ua_table_cells_share_one_environment(part: str) -> None:
+    bench = _module("rliv_ua_methods")
+    envs = {}
+    for label, config, over in bench.variants(part):
+        raw = resolved_config(config, over, 0, label)
+        envs[label] = (raw["preset"], raw["env"], raw["eval"])
+    first = next(iter(envs.values()))
+    assert all(v == first for v in envs.values()), {k: v[1] for k, v in envs.items()}
+    assert first[0] == bench.PARTS[part]["preset"]
