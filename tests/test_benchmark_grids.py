@@ -31,3 +31,17 @@ def test_rliv_ua_table_cells_share_one_environment(part: str) -> None:
     first = next(iter(envs.values()))
     assert all(v == first for v in envs.values()), {k: v[1] for k, v in envs.items()}
     assert first[0] == bench.PARTS[part]["preset"]
+
+
+@pytest.mark.parametrize("over", [{"env": {"leave": {"kind": "satisfaction"}}},
+                                  {"preset": "learned", "env": {"slate_size": 1}}], ids=["kuaisim", "learned"])
+@pytest.mark.parametrize("task", ["return_time", "session_length", "both"])
+def test_resact_table_cells_share_one_environment_and_task(over: dict, task: str) -> None:
+    bench = _module("resact_methods")
+    seen = {}
+    for label, config, o in bench.task_variants(task, over, "x"):
+        raw = resolved_config(config, o, 0, label)
+        seen[label] = (raw["preset"], raw["env"], raw["eval"], raw["task"])
+    first = next(iter(seen.values()))
+    assert all(v == first for v in seen.values()), seen
+    assert first[3] == task
