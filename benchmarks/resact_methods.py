@@ -51,6 +51,8 @@ BASELINES = [m for m in METHODS if m != "resact"]
 RL = {"resact", "ddpg", "td3", "td3bc", "bcq", "iql", "cql"}  # methods that read the reward
 TASKS = ["return_time", "session_length", "both"]
 SATISFACTION = {"env": {"leave": {"kind": "satisfaction"}}}
+# The task tables' parts: (preset, the overrides every cell of the part shares).
+TABLES = {"kuairand": ("kuaisim", SATISFACTION), "learned": ("learned", {"preset": "learned", "env": {"slate_size": 1}})}
 N_LATENTS = [1, 5, 10, 20]
 CQL_ALPHAS = [0.0, 1.0, 5.0, 10.0]  # includes the default, CQLConfig.alpha_cql (the kuairand part's cells)
 # ResAct slides, Table 2 (MovieLens-1M, return-time task, NCIS), mean ± 95% CI.
@@ -106,11 +108,10 @@ def main() -> None:
         md = write_comparison(done, out, reference_among=[f"{m}-{suffix}-{task}" for m in BASELINES], extra=extra)[0]
         print(md)
 
-    for part, preset, over in (("kuairand", "kuaisim", SATISFACTION),
-                               ("learned", "learned", {"preset": "learned", "env": {"slate_size": 1}})):
+    for part, (suffix, over) in TABLES.items():
         if part not in args.parts:
             continue
-        suffix = "kuaisim" if part == "kuairand" else "learned"
+        preset = suffix
         for task in args.tasks:
             out = results / f"resact_{suffix}_{task}"
             done = grid(task_variants(task, over, suffix), args.seeds, runs / f"resact-{suffix}", args.kuairand_bundle)

@@ -3,8 +3,11 @@ missing folder is a failure, elsewhere those tests are skipped."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import sys
+from types import ModuleType
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +20,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Test workloads are small: one thread avoids OpenMP spin-waiting when the cores are shared.
 torch.set_num_threads(1)
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module, registered in ``sys.modules`` (dataclasses look their module up)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def _shared() -> Path:

@@ -4,26 +4,15 @@ learned-preset part; the provenance check refused the table after 20 cells had r
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from conftest import load_benchmark
 
 from retentionrl.bench.grid import resolved_config
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.mark.parametrize("part", ["kuaisim", "learned"])
 def test_rliv_ua_table_cells_share_one_environment(part: str) -> None:
-    bench = _module("rliv_ua_methods")
+    bench = load_benchmark("rliv_ua_methods")
     envs = {}
     for label, config, over in bench.variants(part):
         raw = resolved_config(config, over, 0, label)
@@ -33,15 +22,15 @@ def test_rliv_ua_table_cells_share_one_environment(part: str) -> None:
     assert first[0] == bench.PARTS[part]["preset"]
 
 
-@pytest.mark.parametrize("over", [{"env": {"leave": {"kind": "satisfaction"}}},
-                                  {"preset": "learned", "env": {"slate_size": 1}}], ids=["kuaisim", "learned"])
+@pytest.mark.parametrize("part", ["kuairand", "learned"])
 @pytest.mark.parametrize("task", ["return_time", "session_length", "both"])
-def test_resact_table_cells_share_one_environment_and_task(over: dict, task: str) -> None:
-    bench = _module("resact_methods")
+def test_resact_table_cells_share_one_environment_and_task(part: str, task: str) -> None:
+    bench = load_benchmark("resact_methods")
+    suffix, over = bench.TABLES[part]
     seen = {}
-    for label, config, o in bench.task_variants(task, over, "x"):
+    for label, config, o in bench.task_variants(task, over, suffix):
         raw = resolved_config(config, o, 0, label)
         seen[label] = (raw["preset"], raw["env"], raw["eval"], raw["task"])
     first = next(iter(seen.values()))
     assert all(v == first for v in seen.values()), seen
-    assert first[3] == task
+    assert first[0] == suffix and first[3] == task

@@ -10,11 +10,11 @@ per step, two steps per session).
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
 import torch
+from conftest import load_benchmark
 
 from retentionrl.agents.base import FixedWeightsAgent, GaussianBehaviour
 from retentionrl.bench.ope_truth import ESTIMATORS, column, ope_against_truth
@@ -242,13 +242,7 @@ def test_bad_setups_are_one_line_errors(sim, behaviour):
 
 # --- the benchmark script end to end ------------------------------------------------------------------------
 def _script():
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ope_truth.py"
-    spec = importlib.util.spec_from_file_location("ope_truth_benchmark", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("ope_truth")
 
 
 def test_benchmark_script_writes_one_row_per_finished_run(tiny_sim, tmp_path):

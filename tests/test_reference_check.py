@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import load_benchmark
 
 from retentionrl.agents import make_agent
 from retentionrl.agents.sac import SACConfig
@@ -20,7 +19,6 @@ from retentionrl.simulator.gym import RetentionGymEnv, _reward, flat_observation
 from retentionrl.spaces import FlatLayout
 from retentionrl.training.buffer import ReplayBuffer
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -34,11 +32,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def rc():
     """benchmarks/reference_check.py as a module."""
-    spec = importlib.util.spec_from_file_location("reference_check", REPO / "benchmarks" / "reference_check.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["reference_check"] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    yield mod
+    yield load_benchmark("reference_check")
     sys.modules.pop("reference_check", None)
 
 

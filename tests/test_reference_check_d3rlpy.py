@@ -3,15 +3,12 @@ mapping, the TorchScript wrapper and the report."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -25,12 +22,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def rc():
     """benchmarks/reference_check_d3rlpy.py as a module."""
-    path = REPO / "benchmarks" / "reference_check_d3rlpy.py"
-    spec = importlib.util.spec_from_file_location("reference_check_d3rlpy", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["reference_check_d3rlpy"] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    yield mod
+    yield load_benchmark("reference_check_d3rlpy")
     sys.modules.pop("reference_check_d3rlpy", None)
 
 
