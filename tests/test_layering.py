@@ -7,7 +7,7 @@ anywhere in it — at module level or inside a function — is mapped to the pac
     errors, config, utils, data           the bottom: no project state
     spaces (Obs, StepOutput, flat vector), replay (ReplayBuffer)
     nets                                   networks shared by the simulator and the agents
-    simulator -> agents -> evaluation -> training -> bench -> cli
+    simulator -> agents -> evaluation -> training -> bench / serve -> cli
 
 (``training`` is above ``evaluation`` because the loops evaluate the policy they train.)
 """
@@ -34,7 +34,8 @@ ALLOWED: dict[str, set[str]] = {
     "evaluation": _BOTTOM | {"data", "spaces", "simulator", "agents"},
     "training": _BOTTOM | {"data", "spaces", "replay", "nets", "simulator", "agents", "evaluation"},
     "bench": _BOTTOM | {"data", "spaces", "simulator", "agents", "evaluation", "training"},
-    "cli": _BOTTOM | {"data", "spaces", "simulator", "agents", "evaluation", "training", "bench"},
+    "serve": _BOTTOM | {"data", "spaces", "nets", "simulator", "agents", "evaluation", "training"},
+    "cli": _BOTTOM | {"data", "spaces", "simulator", "agents", "evaluation", "training", "bench", "serve"},
     "__init__": {"errors"},  # the top-level package itself
 }
 

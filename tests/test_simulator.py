@@ -321,7 +321,7 @@ def test_build_cli_on_shipped_sample(tmp_path, capsys):
 
     out = tmp_path / "bundle"
     assert main(["simulator", "build", "--max-users", "400", "--epochs", "1", "--members", "1", "--out", str(out), "--quiet"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "meta.json", "weights.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "inputs.json", "meta.json", "weights.pt"]
     assert main(["simulator", "info", str(out)]) == 0
     text = capsys.readouterr().out
     assert "model AUC" in text and "400 users" in text

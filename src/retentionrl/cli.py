@@ -66,6 +66,47 @@ def cmd_simulator_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulator_inputs(args: argparse.Namespace) -> int:
+    from retentionrl.simulator.build import add_inputs
+
+    print(f"written {add_inputs(args.bundle, args.data_dir)} (fingerprint unchanged)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from retentionrl.serve.artifact import export_run, load_artifact
+
+    out = export_run(args.run_dir, args.out, args.simulator)
+    art = load_artifact(out)
+    print(f"artifact {art.version} ({art.algo}, {art.manifest['action_mode']}) written to {out}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from retentionrl.serve.app import ServiceConfig, serve
+
+    cfg = ServiceConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_candidates=args.max_candidates,
+                        max_history=args.max_history, allow_swap=not args.no_swap)
+    if min(cfg.max_batch, cfg.max_candidates, cfg.max_history) < 1 or cfg.max_wait_ms < 0:
+        raise RetentionRLError("serve: --max-batch, --max-candidates and --max-history must be >= 1, --max-wait-ms >= 0")
+    serve(args.artifact_dir, args.host, args.port, cfg, log=lambda m: print(m, flush=True))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from retentionrl.serve.replay import ReplayConfig, replay, report_markdown
+
+    cfg = ReplayConfig(dataset=args.dataset, data_dir=args.data_dir, days=args.days, history=args.history, k=args.k,
+                       max_user_days=args.max_user_days, concurrency=args.concurrency, min_candidates=args.min_candidates)
+    if min(cfg.days, cfg.history, cfg.k, cfg.concurrency) < 1:
+        raise RetentionRLError("replay: --days, --history, --k and --concurrency must be >= 1")
+    out = args.out or f"replay/{Path(args.artifact_dir).name}"
+    report = replay(args.artifact_dir, cfg, out, url=args.url, simulator=args.simulator)
+    print(report_markdown(report), end="")
+    print(f"report written to {out}/report.md")
+    return 0
+
+
 def cmd_simulator_info(args: argparse.Namespace) -> int:
     from retentionrl.simulator.bundle import Simulator
 
@@ -302,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--slate-size", type=int, default=None,
                         help="items per request (default: the preset's, 6, as the benchmarks use)")
     report.set_defaults(func=cmd_simulator_report)
+    inputs = sim_cmds.add_parser("inputs", help="add inputs.json (raw ids, feature scales) to a bundle built before it existed")
+    inputs.add_argument("bundle")
+    inputs.add_argument("--data-dir", default=None, help="the data it was built from (default: its build config's)")
+    inputs.set_defaults(func=cmd_simulator_inputs)
     from retentionrl.agents import AGENTS
 
     tr = groups.add_parser("train", help="train a policy in a simulator bundle")
@@ -327,6 +372,35 @@ def build_parser() -> argparse.ArgumentParser:
                      help="retention: return time first (default); author: session length, watch time, CTR, "
                           "diversity, new fans, UA pairs (RLIV-UA's tables)")
     cmp.set_defaults(func=cmd_compare)
+    exp = groups.add_parser("export", help="a finished run's policy as a self-contained, versioned serving artifact")
+    exp.add_argument("run_dir")
+    exp.add_argument("--out", required=True, metavar="ARTIFACT_DIR")
+    exp.add_argument("--simulator", default=None, help="bundle directory (default: the run's own bundle)")
+    exp.set_defaults(func=cmd_export)
+    srv = groups.add_parser("serve", help="serve an artifact over HTTP (FastAPI + uvicorn)")
+    srv.add_argument("artifact_dir")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--max-batch", type=int, default=64, help="requests per forward pass (micro-batching)")
+    srv.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests")
+    srv.add_argument("--max-candidates", type=int, default=1000, help="candidates per request (413 above)")
+    srv.add_argument("--max-history", type=int, default=1000, help="history items per request (413 above)")
+    srv.add_argument("--no-swap", action="store_true", help="disable POST /v1/admin/swap")
+    srv.set_defaults(func=cmd_serve)
+    rep = groups.add_parser("replay", help="shadow-replay a real log against the service; NDCG / recall report")
+    rep.add_argument("artifact_dir")
+    rep.add_argument("--dataset", default="kuairand-pure")
+    rep.add_argument("--data-dir", default=None, help="the log's folder (default: the shipped sample)")
+    rep.add_argument("--url", default=None, help="a running service (default: start one for ARTIFACT_DIR on 127.0.0.1)")
+    rep.add_argument("--simulator", default=None, help="the ranking stage's bundle (default: the artifact's)")
+    rep.add_argument("--days", type=int, default=1, help="replay the log's last N days (default 1)")
+    rep.add_argument("--history", type=int, default=50, help="history items per request")
+    rep.add_argument("--k", type=int, default=10, help="NDCG@k and recall@k")
+    rep.add_argument("--max-user-days", type=int, default=None, help="only the first N user-days")
+    rep.add_argument("--concurrency", type=int, default=8)
+    rep.add_argument("--min-candidates", type=int, default=2, help="score user-days with at least this many candidates")
+    rep.add_argument("--out", default=None, help="report folder (default: replay/<artifact name>)")
+    rep.set_defaults(func=cmd_replay)
     return parser
 
 

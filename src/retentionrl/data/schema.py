@@ -40,6 +40,7 @@ class FeatureTable:
     categorical: dict[str, int] = field(default_factory=dict)  # column -> vocabulary size (incl. code 0)
     numeric: list[str] = field(default_factory=list)
     vocab: dict[str, list] = field(default_factory=dict)
+    fills: dict[str, float] = field(default_factory=dict)  # numeric column -> the median that filled its gaps
 
     @classmethod
     def empty(cls, n: int) -> "FeatureTable":
@@ -58,6 +59,7 @@ class FeatureTable:
         out: dict[str, np.ndarray] = {}
         cats: dict[str, int] = {}
         vocab: dict[str, list] = {}
+        fills: dict[str, float] = {}
         for col in categorical:
             values = raw[col]
             uniq = pd.unique(values.dropna())
@@ -70,9 +72,10 @@ class FeatureTable:
             values = pd.to_numeric(raw[col], errors="coerce")
             if values.isna().all():
                 raise DataError("numeric feature column has no numeric value", file=file, column=col)
-            out[col] = values.fillna(values.median()).to_numpy(np.float64)
+            fills[col] = float(values.median())
+            out[col] = values.fillna(fills[col]).to_numpy(np.float64)
         frame = pd.DataFrame(out, index=pd.RangeIndex(len(raw)))
-        return cls(frame=frame, categorical=cats, numeric=list(numeric), vocab=vocab)
+        return cls(frame=frame, categorical=cats, numeric=list(numeric), vocab=vocab, fills=fills)
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -141,6 +144,7 @@ class Interactions:
             categorical=dict(self.user_features.categorical),
             numeric=list(self.user_features.numeric),
             vocab=dict(self.user_features.vocab),
+            fills=dict(self.user_features.fills),
         )
         return Interactions(
             name=self.name, log=log.reset_index(drop=True), user_features=uf, item_features=self.item_features,

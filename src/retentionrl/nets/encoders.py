@@ -34,15 +34,40 @@ class FeatureTensors:
             torch.tensor(table.frame[cats].to_numpy(np.int64)) if cats else torch.zeros(n, 0, dtype=torch.long)
         )
         if table.numeric:
-            x = table.frame[table.numeric].to_numpy(np.float64, copy=True)
-            # Counts and sizes are heavy-tailed: log-compress non-negative columns before standardising.
-            nonneg = (x >= 0).all(axis=0)
-            x[:, nonneg] = np.log1p(x[:, nonneg])
-            x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-6)
+            x, _ = _standardise(table)
             num = torch.as_tensor(x, dtype=torch.float32)
         else:
             num = torch.zeros(n, 0)
         return cls(cat=cat, num=num, cardinalities=[table.categorical[c] for c in cats])
+
+
+def _standardise(table: FeatureTable) -> tuple[np.ndarray, list[dict]]:
+    """(N, Fn) float64 standardised numeric columns and, per column, how: ``{name, fill, log1p, mean, std}``."""
+    x = table.frame[table.numeric].to_numpy(np.float64, copy=True)
+    # Counts and sizes are heavy-tailed: log-compress non-negative columns before standardising.
+    nonneg = (x >= 0).all(axis=0)
+    x[:, nonneg] = np.log1p(x[:, nonneg])
+    mean, std = x.mean(0), np.maximum(x.std(0), 1e-6)
+    scales = [{"name": c, "fill": table.fills.get(c), "log1p": bool(nonneg[j]), "mean": float(mean[j]),
+               "std": float(std[j])} for j, c in enumerate(table.numeric)]
+    return (x - mean) / std, scales
+
+
+def numeric_scales(table: FeatureTable) -> list[dict]:
+    """How :meth:`FeatureTensors.from_table` maps each raw numeric column to its standardised feature, so that a
+    raw value from outside the table (a served request) gets the same number: ``fill`` (the median that replaced
+    missing values), ``log1p`` (applied first when the column is non-negative), then ``(x - mean) / std``."""
+    return _standardise(table)[1] if table.numeric else []
+
+
+def scale_numeric(raw: float | None, scale: dict) -> float:
+    """One raw value -> its standardised feature under ``scale`` (an entry of :func:`numeric_scales`); None is
+    missing (the column's fill). Same float64 operations as the table's, so a logged value reproduces it exactly.
+    A negative value of a log-compressed column is taken as 0 (the column had none)."""
+    x = np.float64(scale["fill"] if raw is None else raw)
+    if scale["log1p"]:
+        x = np.log1p(max(x, np.float64(0.0)))
+    return float((x - np.float64(scale["mean"])) / np.float64(scale["std"]))
 
 
 class FeatureEncoder(nn.Module):

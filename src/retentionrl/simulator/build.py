@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from dataclasses import dataclass, field, replace
@@ -12,12 +13,14 @@ import pandas as pd
 import torch
 
 from retentionrl import __version__
-from retentionrl.config import to_dict
+from retentionrl.config import from_dict, to_dict
 from retentionrl.data import load_dataset, sessionize
 from retentionrl.data.schema import BEHAVIOURS, Interactions
 from retentionrl.data.sessions import Sessions
 from retentionrl.errors import RetentionRLError
-from retentionrl.simulator.bundle import FORMAT_VERSION, LEARNED_UNIT, Simulator
+from retentionrl.nets.encoders import FeatureTensors, numeric_scales
+from retentionrl.simulator.bundle import FORMAT_VERSION, INPUTS, LEARNED_UNIT, BundleError, Simulator
+from retentionrl.utils.io import write_text_atomic
 from retentionrl.simulator.leave import fit_learned_leave, leave_features
 from retentionrl.simulator.response import ResponseConfig, ResponseModel, train_response_model
 from retentionrl.simulator.returns import fit_learned_return, fit_personal_term, session_features
@@ -100,13 +103,50 @@ def _session_rows(data: Interactions, sessions: Sessions) -> tuple[np.ndarray, n
     return rank, last
 
 
-def build_simulator(cfg: BuildConfig, progress: bool = True, log=print) -> Simulator:
-    t0 = time.time()
-    torch.manual_seed(cfg.seed)
+def input_spec(data: Interactions) -> dict:
+    """The bundle's ``inputs.json``: what raw log values stand for in the simulator. ``item_ids`` / ``user_ids``:
+    the source's id of each dense item / user id; ``user_categorical``: column -> raw values (code c is value c-1, code 0 missing or
+    unseen); ``user_numeric``: per column the map to its standardised feature
+    (:func:`~retentionrl.nets.encoders.numeric_scales`); ``behaviours``: those the source records."""
+    return {"dataset": data.name, "item_ids": np.asarray(data.item_ids).tolist(),
+            "user_ids": np.asarray(data.user_ids).tolist(),
+            "user_categorical": {c: list(data.user_features.vocab.get(c, [])) for c in data.user_features.categorical},
+            "user_numeric": numeric_scales(data.user_features), "behaviours": list(data.behaviours)}
+
+
+def load_build_data(cfg: BuildConfig) -> Interactions:
+    """The data a build reads: the dataset, restricted to ``max_users`` random users (seeded) when set."""
     data = load_dataset(cfg.dataset, cfg.data_dir)
     if cfg.max_users is not None and cfg.max_users < data.n_users:
         keep = np.sort(np.random.default_rng(cfg.seed).choice(data.n_users, cfg.max_users, replace=False))
         data = data.subset_users(keep)
+    return data
+
+
+def add_inputs(bundle: str | Path, data_dir: str | Path | None) -> Path:
+    """Write ``inputs.json`` into a bundle built before it existed, from the data it was built from (``data_dir``;
+    None: the build config's), after checking that the data reproduces the bundle's feature tables exactly (the
+    same users, items and encodings). The fingerprint does not change. Returns the file's path."""
+    bundle = Path(bundle)
+    sim = Simulator.load(bundle)
+    cfg = from_dict(BuildConfig, sim.build_config, f"{bundle}/config.yaml")
+    if data_dir is not None:
+        cfg = replace(cfg, data_dir=str(data_dir))
+    data = load_build_data(cfg)
+    users, items = FeatureTensors.from_table(data.user_features), FeatureTensors.from_table(data.item_features)
+    for what, got, want in (("user codes", users.cat, sim.response.user_cat), ("user numerics", users.num, sim.response.user_num),
+                            ("item codes", items.cat, sim.response.item_cat), ("item numerics", items.num, sim.response.item_num)):
+        if got.shape != want.shape or not torch.equal(got, want):
+            raise BundleError(f"{bundle}: the data in {cfg.data_dir or 'the shipped sample'} does not reproduce the "
+                              f"bundle's {what} ({tuple(got.shape)} vs {tuple(want.shape)}): not the data it was built from")
+    write_text_atomic(bundle / INPUTS, json.dumps(input_spec(data)) + "\n")
+    return bundle / INPUTS
+
+
+def build_simulator(cfg: BuildConfig, progress: bool = True, log=print) -> Simulator:
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    data = load_build_data(cfg)
     if data.log["day"].nunique() < 2:
         raise RetentionRLError(f"{data.name}: the log covers one day; a time split needs at least two")
     sessions = sessionize(data, "day")
@@ -208,6 +248,7 @@ def build_simulator(cfg: BuildConfig, progress: bool = True, log=print) -> Simul
     }
     meta["build_seconds"] = round(time.time() - t0, 1)
     sim = Simulator(fit.model.eval(), lfit.model.eval(), rfit.model.eval(), tensors, meta, to_dict(cfg), members)
+    sim.inputs = input_spec(data)
     log(f"[build] done in {meta['build_seconds']:.0f}s")
     return sim
 

@@ -6,21 +6,24 @@
       weights.pt    tensors only (response / leave / return weights, the ensemble members' response and
                     return weights, feature tables, initial histories, per-user return terms); loaded with
                     ``torch.load(weights_only=True)``
+      inputs.json   how raw log values map to the simulator's ids and features (the source's item id of each
+                    dense item id, the user features' raw values and numeric scales): what a served policy needs
+                    to read a real request (``retentionrl export``). Optional: a bundle built before it existed
+                    gets it from its data with ``retentionrl simulator inputs``.
 
 The directory is written to a temporary sibling and renamed into place, so a crash never leaves half a bundle.
 
 A simulator's identity is :attr:`Simulator.fingerprint`, a content hash of what it simulates (build config, meta
 without the build's timestamp and duration, every tensor of ``state_dict()``): a copied or re-saved bundle keeps
-it, any changed weight, table or setting changes it. Runs record it and refuse another simulator.
+it, any changed weight, table or setting changes it. Runs record it and refuse another simulator. ``inputs.json``
+is outside the fingerprint: it names what the simulator's ids stand for, it does not change what is simulated (and
+so adding it to an existing bundle keeps the bundle's runs valid).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
@@ -37,12 +40,14 @@ from retentionrl.simulator.env import EnvConfig, RetentionEnv, preset
 from retentionrl.simulator.leave import LearnedLeave, TemperLeave
 from retentionrl.simulator.response import ResponseConfig, ResponseModel
 from retentionrl.simulator.returns import GeometricReturn, LearnedReturn
+from retentionrl.utils.io import atomic_dir
 
 FORMAT_VERSION = 1
 # The learned leave / return models' features are per exposure (any slate size); bundles built before this was
 # recorded in meta.json fitted them with one logged exposure standing for one request, and are refused.
 LEARNED_UNIT = "exposure"
 FILES = ("config.yaml", "meta.json", "weights.pt")
+INPUTS = "inputs.json"  # optional (see the module docstring)
 #: meta.json fields that describe the build, not the simulator (left out of the fingerprint)
 VOLATILE_META = ("built_at", "build_seconds")
 #: hex digits of the fingerprint shown in messages and tables
@@ -75,6 +80,7 @@ class Simulator:
         self.max_return_day = int(meta["max_return_day"])
         self._state_weights: dict[int, Tensor] = {}  # random_state return terms by seed (computed once)
         self.path: Path | None = None  # the bundle directory it was loaded from (None: built in memory)
+        self.inputs: dict[str, Any] | None = None  # inputs.json (simulator.build.input_spec), None if absent
 
     @cached_property
     def fingerprint(self) -> str:
@@ -206,22 +212,12 @@ class Simulator:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with atomic_dir(path) as tmp:
             (tmp / "config.yaml").write_text(yaml.safe_dump(self.build_config, sort_keys=False))
             (tmp / "meta.json").write_text(json.dumps(self.meta, indent=2) + "\n")
             torch.save(self.state_dict(), tmp / "weights.pt")
-            if path.exists():
-                old = path.with_name(f".{path.name}.old")
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
+            if self.inputs is not None:
+                (tmp / INPUTS).write_text(json.dumps(self.inputs) + "\n")
         return path
 
     @classmethod
@@ -248,6 +244,11 @@ class Simulator:
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise BundleError(f"{path}: weights do not match the bundle's metadata ({str(exc).splitlines()[0][:300]})") from None
         sim.path = path
+        if (path / INPUTS).is_file():
+            try:
+                sim.inputs = json.loads((path / INPUTS).read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise BundleError(f"{path}/{INPUTS}: corrupt ({str(exc).splitlines()[0]})") from None
         return sim
 
     @classmethod

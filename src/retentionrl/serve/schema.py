@@ -1,0 +1,127 @@
+"""The service's request and response bodies (pydantic): what ``POST /v1/rank`` accepts and returns.
+
+Validation names the field of every problem (``candidates.3.scores.click``): a missing field, a wrong type, a NaN
+or infinite number, an unknown behaviour, empty candidates, ``k`` larger than the candidates. Sizes over the
+service's limits are checked by the service (413), not here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+from typing_extensions import TypedDict
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from retentionrl.data.schema import BEHAVIOURS
+
+# Scores are a ranker's predictions (probabilities in the simulator); the bound keeps every weighted sum finite.
+MAX_SCORE = 1e6
+Finite = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_SCORE, le=MAX_SCORE)]
+# (pydantic-core's JSON parser refuses lone surrogates, so every string here encodes as UTF-8 again)
+ItemId = Annotated[int | str, Field(union_mode="left_to_right")]
+Zero1 = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+class _PerBehaviour(TypedDict, total=False):
+    __pydantic_config__ = ConfigDict(extra="forbid")  # an unknown behaviour is an error naming it
+
+
+class Scores(_PerBehaviour, total=False):
+    click: Finite
+    long_view: Finite
+    like: Finite
+    comment: Finite
+    forward: Finite
+    follow: Finite
+    hate: Finite
+
+
+class Behaviours(_PerBehaviour, total=False):
+    click: Zero1
+    long_view: Zero1
+    like: Zero1
+    comment: Zero1
+    forward: Zero1
+    follow: Zero1
+    hate: Zero1
+
+
+assert tuple(Scores.__annotations__) == tuple(Behaviours.__annotations__) == BEHAVIOURS  # keys in checked order
+FeatureValue = int | float | str | bool | None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class User(_Strict):
+    """The user's raw profile values as in the logs (column -> value); a column left out or null is missing, a value
+    the training data never had is unseen: both are the cold-start code (categorical) or the median (numeric)."""
+
+    features: dict[str, FeatureValue] = Field(default_factory=dict)
+
+    @field_validator("features")
+    @classmethod
+    def _finite(cls, value: dict[str, FeatureValue]) -> dict[str, FeatureValue]:
+        for k, v in value.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                try:
+                    x = float(v)
+                except OverflowError:
+                    x = float("inf")
+                if not math.isfinite(x) or abs(x) > 1e15:
+                    raise ValueError(f"feature '{k}' is not a finite number of at most 1e15 in size")
+        return value
+
+
+class HistoryItem(_Strict):
+    """One past exposure, oldest first: the item, its 0/1 behaviours (left out: 0) and the watch time in seconds."""
+
+    item_id: ItemId
+    behaviours: Behaviours = Field(default_factory=dict)
+    watch_time: Annotated[float, Field(ge=0.0, le=1e7, allow_inf_nan=False)] = 0.0
+
+
+class Candidate(_Strict):
+    """A ranking-stage candidate with its predicted score per behaviour (left out: 0)."""
+
+    item_id: ItemId
+    scores: Scores
+
+
+class Context(_Strict):
+    """Where the request sits in the user's sessions (the cross-session state a retention policy reads)."""
+
+    session_index: Annotated[int, Field(ge=0, le=1_000_000)] = 0  # sessions the user completed before this one
+    step_in_session: Annotated[int, Field(ge=0, le=1_000_000)] = 0  # requests already made in this session
+    days_since_last: Annotated[float, Field(ge=0.0, le=36_500.0, allow_inf_nan=False)] = 0.0  # gap before it (days)
+
+
+class RankRequest(_Strict):
+    user: User = Field(default_factory=User)
+    history: list[HistoryItem] = Field(default_factory=list)
+    candidates: list[Candidate] = Field(min_length=1)
+    k: Annotated[int, Field(ge=1)]
+    context: Context = Field(default_factory=Context)
+
+    @field_validator("k")
+    @classmethod
+    def _k_fits(cls, k: int, info: ValidationInfo) -> int:
+        cands = info.data.get("candidates")  # absent when the candidates themselves failed validation
+        if cands is not None and k > len(cands):
+            raise ValueError(f"k ({k}) is larger than the number of candidates ({len(cands)})")
+        return k
+
+
+class RankedItem(BaseModel):
+    item_id: ItemId
+    score: float | None  # None: an item-level policy's cold-start item (ranked after the known ones)
+
+
+class RankResponse(BaseModel):
+    items: list[RankedItem]
+    fusion_weights: dict[str, float | None] | None  # the weights applied (fusion policies), None for item-level ones
+    artifact_version: str
+    cold_start: dict[str, Any]  # what was unknown: history items dropped, candidates, user feature values
