@@ -10,6 +10,10 @@ next request when the last one returned, for ``--seconds`` after a 2-second warm
 user of the artifact's vocabulary, 50 history items and 300 candidates with 7 scores each (random, seeded). Both
 share this machine's two cores, so the numbers are those of a service with one core and a client on the other.
 
+Two reference numbers beside them say where the time goes: the same load generator against a null service (FastAPI
+returning a constant, ``--null-server``: the ceiling of client + HTTP on this machine), and the service's own
+work in process, without HTTP (pydantic-core validation of the body, then one ``Ranker.rank`` per batch of 1 or 32).
+
 Soak: concurrency 8 for ``--soak`` seconds; the server's RSS (``/proc/<pid>/status``) at the start and end, and
 5xx / errors. Fuzz: ``--fuzz`` bodies from :func:`bodies` (hypothesis: well-formed, half-formed and garbage JSON,
 raw bytes) sent one by one; the count by status code, and any 5xx is printed with its body.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -31,11 +36,16 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import torch
+import uvicorn
+from fastapi import FastAPI, Request, Response
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from retentionrl.data.schema import BEHAVIOURS
 from retentionrl.serve.artifact import load_artifact
+from retentionrl.serve.ranker import Ranker
+from retentionrl.serve.schema import RankRequest
 from retentionrl.utils.io import write_json_atomic, write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,17 +162,55 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-class ServerProcess:
-    """``retentionrl serve ARTIFACT`` on a free port, in its own process (one torch thread, as the service sets)."""
+def null_server(port: int) -> None:
+    """A service that reads the body and returns a constant: what the HTTP stack and the client cost alone."""
+    app = FastAPI()
 
-    def __init__(self, artifact: str) -> None:
+    @app.post("/v1/rank")
+    async def rank(request: Request) -> Response:
+        await request.body()
+        return Response(b'{"items": []}', media_type="application/json")
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def in_process(path: str, payloads: list[bytes], reps: int = 5) -> dict:
+    """ms per request of the service's own work: body validation, and ranking in batches of 1 and 32."""
+    torch.set_num_threads(1)
+    ranker = Ranker(load_artifact(path))
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()  # as the service does after loading its artifact (serve/app.py: _settle)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        reqs = [RankRequest.model_validate_json(b) for b in payloads[:32]]
+    validate = (time.perf_counter() - t0) / (reps * 32) * 1000
+    out = {"validate_ms": validate}
+    for b in (1, 32):
+        ranker.rank(reqs[:b])
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            ranker.rank(reqs[:b])
+        out[f"rank_batch{b}_ms"] = (time.perf_counter() - t0) / (reps * b) * 1000
+    return out
+
+
+class ServerProcess:
+    """``retentionrl serve ARTIFACT`` (or the null service) on a free port, in its own process (one torch thread)."""
+
+    def __init__(self, artifact: str | None) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "retentionrl.cli", "serve", artifact, "--port", str(self.port)],
-                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cmd = ([sys.executable, "-m", "retentionrl.cli", "serve", artifact, "--port", str(self.port)] if artifact else
+               [sys.executable, __file__, "--null-server", str(self.port)])
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def __enter__(self) -> "ServerProcess":
         t0 = time.time()
@@ -186,19 +234,34 @@ class ServerProcess:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("artifacts", nargs="+")
+    p.add_argument("artifacts", nargs="*")
+    p.add_argument("--null-server", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS)
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--soak", type=float, default=60.0)
     p.add_argument("--fuzz", type=int, default=2000)
     p.add_argument("--out", default=str(REPO / "docs" / "results" / "serve_latency.md"))
     args = p.parse_args()
-    rows, soaks, fuzzes = [], [], []
+    if args.null_server is not None:
+        return null_server(args.null_server)
+    if not args.artifacts:
+        p.error("give at least one ARTIFACT_DIR")
+    rows, soaks, fuzzes, inproc = [], [], [], []
+    payloads = [json.dumps(realistic_body(load_artifact(args.artifacts[0]).manifest["inputs"], random.Random(0)))
+                .encode() for _ in range(64)]
+    print("[serve] null service (the load generator's and HTTP's ceiling)", flush=True)
+    with ServerProcess(None) as srv:
+        for c in LEVELS:
+            r = asyncio.run(load(srv.url, payloads, c, args.seconds))
+            rows.append({"algo": "null service", "version": "-", **r})
+            print(f"  c={c}: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.1f} p99 {r['p99_ms']:.1f} ms", flush=True)
     for path in args.artifacts:
         art = load_artifact(path)
         inputs = art.manifest["inputs"]
         rng = random.Random(0)
         payloads = [json.dumps(realistic_body(inputs, rng)).encode() for _ in range(64)]
         print(f"[serve] {art.algo} ({art.version}), {len(payloads[0]) / 1024:.0f} KiB per request", flush=True)
+        inproc.append({"algo": art.algo, **in_process(path, payloads)})
+        print(f"  in process: {inproc[-1]}", flush=True)
         with ServerProcess(path) as srv:
             for c in LEVELS:
                 r = asyncio.run(load(srv.url, payloads, c, args.seconds))
@@ -226,6 +289,10 @@ def main() -> None:
              "| policy | concurrency | requests/s | p50 ms | p95 ms | p99 ms | errors |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['algo']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
               f"{r['p99_ms']:.1f} | {r['errors']} |" for r in rows]
+    lines += ["", "The service's own work per request, in process (no HTTP): body validation, and ranking in a batch of 1 "
+              "or 32 (ms).", "", "| policy | validate | rank, batch 1 | rank, batch 32 |", "|---|---|---|---|"]
+    lines += [f"| {r['algo']} | {r['validate_ms']:.2f} | {r['rank_batch1_ms']:.2f} | {r['rank_batch32_ms']:.2f} |"
+              for r in inproc]
     if soaks:
         lines += ["", "| soak | seconds | requests | 5xx | errors | RSS start MiB | RSS end MiB |", "|---|---|---|---|---|---|---|"]
         lines += [f"| {s['algo']} | {s['seconds']:.0f} | {s['requests']} | {s['server_errors']} | {s['errors']} | "
@@ -235,7 +302,7 @@ def main() -> None:
         lines += [f"| {f['algo']} | {f['examples']} | {f['by_status']} | {len(f['server_errors'])} |" for f in fuzzes]
     out = Path(args.out)
     write_text_atomic(out, "\n".join(lines) + "\n")
-    write_json_atomic(out.with_suffix(".json"), {"load": rows, "soak": soaks, "fuzz": fuzzes})
+    write_json_atomic(out.with_suffix(".json"), {"load": rows, "in_process": inproc, "soak": soaks, "fuzz": fuzzes})
     print(f"written {out}")
 
 
