@@ -321,6 +321,8 @@ def test_replay_of_the_click_ranking_artifact_equals_the_click_ranking_baseline(
         assert m["served_ndcg"]["n"] > 20
         assert m["served_ndcg"]["mean"] == pytest.approx(m["click_ranking_ndcg"]["mean"], abs=1e-12)
         assert m["served_recall"]["mean"] == pytest.approx(m["click_ranking_recall"]["mean"], abs=1e-12)
+        assert m["served_minus_click_ranking_ndcg"] == {"mean": 0.0, "ci": 0.0, "n": m["served_ndcg"]["n"]}
+        assert m["logged_ndcg"]["mean"] != m["served_ndcg"]["mean"]  # the log's order is another ranking
     assert (tmp_path / "rep" / "report.md").read_text().count("| click |") == 3
 
 

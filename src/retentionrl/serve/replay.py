@@ -248,11 +248,14 @@ def replay(artifact_dir: str | Path, cfg: ReplayConfig, out: str | Path, url: st
         orders = {"served": [pos[str(x["item_id"])] for x in res["items"]],
                   "logged": list(range(len(lab["items"]))), "click_ranking": lab["click_ranking"]}
         for t in TARGETS:
-            for o in ORDERS:
-                v = ndcg_recall(orders[o], lab[t], cfg.k)
-                if v is not None:
-                    scores[t][f"{o}_ndcg"].append(v[0])
-                    scores[t][f"{o}_recall"].append(v[1])
+            vals = {o: ndcg_recall(orders[o], lab[t], cfg.k) for o in ORDERS}
+            if vals["served"] is None:  # no positive: no order has one
+                continue
+            for o, v in vals.items():
+                scores[t][f"{o}_ndcg"].append(v[0])
+                scores[t][f"{o}_recall"].append(v[1])
+            # paired over the same user-days: what the served ranking adds to the ranking stage's click order
+            scores[t].setdefault("served_minus_click_ranking_ndcg", []).append(vals["served"][0] - vals["click_ranking"][0])
     summary = {t: {name: _ci(vals) for name, vals in s.items()} for t, s in scores.items()}
     report = {"artifact": str(artifact_dir), "artifact_version": sorted(versions), "algo": art.algo,
               "config": asdict(cfg), "ranking_stage": str(bundle), "counts": {**counts, "scored_user_days": scored},
@@ -286,6 +289,9 @@ def report_markdown(report: dict[str, Any]) -> str:
         for o in ORDERS:
             n, r = s[f"{o}_ndcg"], s[f"{o}_recall"]
             lines.append(f"| {t} | {o} | {n['mean']:.4f} ± {n['ci']:.4f} | {r['mean']:.4f} ± {r['ci']:.4f} | {n['n']:,} |")
+    lines += ["", f"Paired over the same user-days, served minus click ranking, NDCG@{k}: " + "; ".join(
+        f"{t} {d['mean']:+.4f} ± {d['ci']:.4f}" for t, s in report["metrics"].items()
+        if (d := s.get("served_minus_click_ranking_ndcg")) is not None) + "."]
     return "\n".join(lines) + "\n"
 
 
