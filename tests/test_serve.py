@@ -25,6 +25,7 @@ from retentionrl.simulator.build import BuildConfig, load_build_data
 from retentionrl.simulator.bundle import Simulator
 from retentionrl.simulator.response import WATCH_SCALE
 from retentionrl.training import train
+from retentionrl.training.offline import OfflineTrainConfig, train_offline
 from retentionrl.training.online import TrainConfig
 
 SMALL = {"batch_size": 16, "hidden": [16], "state_dim": 16, "token_dim": 8}
@@ -51,6 +52,12 @@ def artifacts(tiny_sim, tmp_path_factory):
     for algo in METHODS:
         _train(tiny_sim, root / algo, algo, steps=2 if algo == "ranking" else 24)
         out[algo] = export_run(root / algo, root / "artifacts" / algo)
+    # DIN, item-level and trained from logs (the offline loop)
+    din = OfflineTrainConfig(algo="din", seed=0, env={"max_sessions": 2}, behaviour="random", n_log_users=8, log_steps=6,
+                             total_updates=20, batch_size=16, log_every=5, eval_every=20, checkpoint_every=10,
+                             eval={"n_users": 8, "n_episodes": 8, "seeds": [1]}, agent={})
+    train_offline(din, tiny_sim, root / "din", progress=False)
+    out["din"] = export_run(root / "din", root / "artifacts" / "din")
     return out
 
 
@@ -115,7 +122,7 @@ def _request_of_row(obs, b: int, data, inputs: dict, cand: torch.Tensor, probs: 
     return request_of(raw_user_features(data, int(obs.user[b])), hist, cands, k, ctx)
 
 
-@pytest.mark.parametrize("algo", ["td3", "rlur", "gfn4retention", "dqn"])
+@pytest.mark.parametrize("algo", ["td3", "rlur", "gfn4retention", "dqn", "din"])
 def test_served_ranking_equals_the_simulator_ranking(artifacts, tiny_sim, data, algo):
     art = load_artifact(artifacts[algo])
     ranker = Ranker(art)
