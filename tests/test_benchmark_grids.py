@@ -22,15 +22,15 @@ def test_rliv_ua_table_cells_share_one_environment(part: str) -> None:
     assert first[0] == bench.PARTS[part]["preset"]
 
 
-@pytest.mark.parametrize("part", ["kuairand", "learned"])
+@pytest.mark.parametrize("part", ["kuairand", "learned", "headroom"])
 @pytest.mark.parametrize("task", ["return_time", "session_length", "both"])
 def test_resact_table_cells_share_one_environment_and_task(part: str, task: str) -> None:
     bench = load_benchmark("resact_methods")
-    suffix, over = bench.TABLES[part]
+    suffix, preset, over = bench.TABLES[part]
     seen = {}
     for label, config, o in bench.task_variants(task, over, suffix):
         raw = resolved_config(config, o, 0, label)
         seen[label] = (raw["preset"], raw["env"], raw["eval"], raw["task"])
     first = next(iter(seen.values()))
     assert all(v == first for v in seen.values()), seen
-    assert first[0] == suffix and first[3] == task
+    assert first[0] == preset and first[3] == task
