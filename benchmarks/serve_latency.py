@@ -67,8 +67,8 @@ def realistic_body(inputs: dict, rng: random.Random, n_candidates: int = 300, n_
 
 
 def bodies(inputs: dict) -> st.SearchStrategy[bytes]:
-    """Request bodies from valid to garbage: structured requests with wrong or extreme values anywhere, arbitrary
-    JSON, and raw bytes."""
+    """Request bodies from valid to garbage: valid requests over the whole valid range, structured requests with
+    wrong or extreme values anywhere, arbitrary JSON, and raw bytes."""
     ids = inputs["item_ids"][:50]
     names = [*inputs["user_categorical"], *(s["name"] for s in inputs["user_numeric"])]
     scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(min_value=-10**30, max_value=10**30),
@@ -91,8 +91,25 @@ def bodies(inputs: dict) -> st.SearchStrategy[bytes]:
         "user": user, "history": st.one_of(anyjson, st.lists(hist, max_size=6)),
         "candidates": st.one_of(anyjson, st.lists(candidate, min_size=1, max_size=8)), "k": st.one_of(st.integers(), scalar),
         "context": context})
-    return st.one_of(body.map(lambda b: json.dumps(b).encode()), anyjson.map(lambda b: json.dumps(b).encode()),
-                     st.binary(max_size=64))
+    # well-formed requests with values from the whole valid range (unknown ids, extreme scores, empty history),
+    # so that the ranking path, not only validation, meets the generator
+    good_item = st.one_of(st.sampled_from(ids), st.integers(-10**12, 10**12), st.text(max_size=6))
+    good_num = st.one_of(st.floats(0, 1), st.floats(-1e6, 1e6), st.just(0.0))
+    good_candidates = st.lists(st.fixed_dictionaries({"item_id": good_item, "scores": st.dictionaries(
+        st.sampled_from(BEHAVIOURS), good_num, max_size=7)}), min_size=1, max_size=12)
+    valid = st.builds(
+        lambda feats, hist, cands, k, ctx: {"user": {"features": feats}, "history": hist, "candidates": cands,
+                                            "k": min(max(k, 1), len(cands)), "context": ctx},
+        st.dictionaries(st.sampled_from(names), st.one_of(st.none(), st.integers(-10**6, 10**6), st.floats(-1e6, 1e6),
+                                                          st.text(max_size=5)), max_size=6),
+        st.lists(st.fixed_dictionaries({"item_id": good_item}, optional={
+            "behaviours": st.dictionaries(st.sampled_from(BEHAVIOURS), st.sampled_from([0.0, 1.0]), max_size=7),
+            "watch_time": st.floats(0, 1e7)}), max_size=30),
+        good_candidates, st.integers(1, 12),
+        st.fixed_dictionaries({}, optional={"session_index": st.integers(0, 10**6), "step_in_session": st.integers(0, 10**6),
+                                            "days_since_last": st.floats(0, 36_500)}))
+    return st.one_of(valid.map(lambda b: json.dumps(b).encode()), body.map(lambda b: json.dumps(b).encode()),
+                     anyjson.map(lambda b: json.dumps(b).encode()), st.binary(max_size=64))
 
 
 def fuzz(url: str, inputs: dict, n: int) -> dict:

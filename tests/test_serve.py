@@ -339,7 +339,8 @@ def test_fuzzed_bodies_never_get_a_5xx(server, artifacts):
     bench = load_benchmark("serve_latency")
     res = bench.fuzz(server.url, load_artifact(artifacts["td3"]).manifest["inputs"], 300)
     assert res["examples"] == 300 and not res["server_errors"], res
-    assert set(res["by_status"]) <= {200, 400, 413, 422} and res["by_status"].get(422, 0) > 100
+    assert set(res["by_status"]) <= {200, 400, 413, 422}
+    assert res["by_status"].get(422, 0) > 50 and res["by_status"].get(200, 0) > 50  # both paths are exercised
 
 
 def test_cli_export_serve_and_replay_refusals_are_one_line_exit_2(tiny_sim, tmp_path, capsys):
