@@ -371,3 +371,18 @@ def test_simulator_inputs_restores_the_file_and_refuses_other_data(tiny_sim, tmp
     (old / "config.yaml").write_text(cfg)
     with pytest.raises(BundleError, match="does not reproduce the bundle's user codes"):
         add_inputs(old, None)
+
+
+def test_a_checkpoint_that_does_not_fit_the_agent_is_a_clear_refusal(tiny_sim, tmp_path):
+    from retentionrl.errors import RetentionRLError
+    from retentionrl.training.checkpoint import load_checkpoint, save_checkpoint
+
+    _train(tiny_sim, tmp_path / "run", "td3")
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = load_checkpoint(ckpt)
+    actor = state["agent"]["actor"]
+    name = next(k for k, v in actor.items() if v.dim() == 2)
+    actor[name] = torch.zeros(actor[name].shape[0] + 1, actor[name].shape[1])  # an older network's shape
+    save_checkpoint(ckpt, state)
+    with pytest.raises(RetentionRLError, match=r"last.pt: the checkpoint does not fit the agent this config builds"):
+        export_run(tmp_path / "run", tmp_path / "a")

@@ -49,5 +49,11 @@ def load_trained(run_dir: str, sim: Simulator, eval_overrides: Any = None) -> tu
     cfg.eval_config()  # a bad (merged) eval key fails here, naming the key, before the agent is built
     agent = build_agent(cfg.algo, sim, cfg.agent, cfg.seed, cfg.env_config(), str(run.config))
     if run.checkpoint.is_file():
-        agent.load_state_dict(load_checkpoint(run.checkpoint)["agent"])
+        state = load_checkpoint(run.checkpoint)
+        try:
+            agent.load_state_dict(state["agent"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:  # the networks' shapes or names changed
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise RetentionRLError(f"{run.checkpoint}: the checkpoint does not fit the agent this config builds (made by "
+                                   f"another retentionrl version or config?): {first}") from None
     return cfg, agent
