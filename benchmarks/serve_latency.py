@@ -66,6 +66,14 @@ def realistic_body(inputs: dict, rng: random.Random, n_candidates: int = 300, n_
                                  "days_since_last": float(rng.randrange(4))}}
 
 
+def columnar(body: dict) -> dict:
+    """The same request with its candidates as columns (``candidate_columns``)."""
+    cands = body["candidates"]
+    cols = {"item_ids": [c["item_id"] for c in cands],
+            "scores": {b: [c["scores"].get(b, 0.0) for c in cands] for b in BEHAVIOURS}}
+    return {**{k: v for k, v in body.items() if k != "candidates"}, "candidate_columns": cols}
+
+
 def bodies(inputs: dict) -> st.SearchStrategy[bytes]:
     """Request bodies from valid to garbage: valid requests over the whole valid range, structured requests with
     wrong or extreme values anywhere, arbitrary JSON, and raw bytes."""
@@ -256,6 +264,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--soak", type=float, default=60.0)
     p.add_argument("--fuzz", type=int, default=2000)
+    p.add_argument("--columnar", action="store_true", help="send the candidates as columns (candidate_columns)")
     p.add_argument("--out", default=str(REPO / "docs" / "results" / "serve_latency.md"))
     args = p.parse_args()
     if args.null_server is not None:
@@ -263,7 +272,8 @@ def main() -> None:
     if not args.artifacts:
         p.error("give at least one ARTIFACT_DIR")
     rows, soaks, fuzzes, inproc = [], [], [], []
-    payloads = [json.dumps(realistic_body(load_artifact(args.artifacts[0]).manifest["inputs"], random.Random(0)))
+    shape = columnar if args.columnar else (lambda b: b)
+    payloads = [json.dumps(shape(realistic_body(load_artifact(args.artifacts[0]).manifest["inputs"], random.Random(0))))
                 .encode() for _ in range(64)]
     print("[serve] null service (the load generator's and HTTP's ceiling)", flush=True)
     with ServerProcess(None) as srv:
@@ -275,7 +285,7 @@ def main() -> None:
         art = load_artifact(path)
         inputs = art.manifest["inputs"]
         rng = random.Random(0)
-        payloads = [json.dumps(realistic_body(inputs, rng)).encode() for _ in range(64)]
+        payloads = [json.dumps(shape(realistic_body(inputs, rng))).encode() for _ in range(64)]
         print(f"[serve] {art.algo} ({art.version}), {len(payloads[0]) / 1024:.0f} KiB per request", flush=True)
         inproc.append({"algo": art.algo, **in_process(path, payloads)})
         print(f"  in process: {inproc[-1]}", flush=True)
@@ -301,7 +311,8 @@ def main() -> None:
                       flush=True)
     lines = ["# Serving latency (benchmarks/serve_latency.py)", "",
              f"`python benchmarks/serve_latency.py {' '.join(args.artifacts)} --seconds {args.seconds:g} --soak "
-             f"{args.soak:g} --fuzz {args.fuzz}`; 300 candidates x 7 scores and 50 history items per request; "
+             f"{args.soak:g} --fuzz {args.fuzz}{' --columnar' if args.columnar else ''}`; 300 candidates x 7 scores "
+             f"({'as columns' if args.columnar else 'one object per candidate'}) and 50 history items per request; "
              "server and load generator on the same 2-core machine.", "",
              "| policy | concurrency | requests/s | p50 ms | p95 ms | p99 ms | errors |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['algo']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "

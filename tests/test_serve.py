@@ -222,6 +222,13 @@ def test_service_endpoints_and_that_it_ranks_as_the_ranker(server, artifacts):
     assert got["fusion_weights"] == pytest.approx(want.fusion_weights) and got["artifact_version"] == art.version
 
 
+def _columns(body: dict) -> dict:
+    """The body's candidates in the columnar form."""
+    cands = body["candidates"]
+    keys = sorted({b for c in cands for b in c["scores"]})
+    return {"item_ids": [c["item_id"] for c in cands], "scores": {b: [c["scores"].get(b, 0.0) for c in cands] for b in keys}}
+
+
 def _bad_cases(body: dict) -> list[tuple[str, object, int, str]]:
     def without(key):
         return {k: v for k, v in body.items() if k != key}
@@ -232,7 +239,14 @@ def _bad_cases(body: dict) -> list[tuple[str, object, int, str]]:
     raw = json.dumps(body)
     return [
         ("missing field", without("k"), 422, "k: Field required"),
-        ("missing candidates", without("candidates"), 422, "candidates: Field required"),
+        ("missing candidates", without("candidates"), 422, "body: Value error, give the candidates either as 'candidates' or as 'candidate_columns'"),
+        ("both candidate forms", {**body, "candidate_columns": _columns(body)}, 422, "body: Value error, give the candidates either"),
+        ("columns of unequal length", {**without("candidates"), "candidate_columns": {
+            **_columns(body), "scores": {"click": [0.1, 0.2]}}}, 422, "candidate_columns: Value error, scores.click has 2 values for 5 item_ids"),
+        ("unknown behaviour column", {**without("candidates"), "candidate_columns": {
+            **_columns(body), "scores": {"klick": [0.1] * 5}}}, 422, "candidate_columns.scores.klick: Extra inputs are not permitted"),
+        ("too many candidate columns", {**without("candidates"), "candidate_columns": {
+            "item_ids": list(range(60)), "scores": {}}, "k": 3}, 413, "candidate_columns.item_ids: 60 candidates is over the limit of 50"),
         ("wrong type", {**body, "k": "ten"}, 422, "k: Input should be a valid integer"),
         ("wrong type of a list", {**body, "history": {"item_id": 1}}, 422, "history: Input should be a valid array"),
         ("NaN score", raw.replace('"click": 0.1', '"click": NaN', 1), 422, "candidates.1.scores.click: Input should be a finite number"),
@@ -256,6 +270,14 @@ def _bad_cases(body: dict) -> list[tuple[str, object, int, str]]:
         ("too many history items", {**body, "history": body["history"] * 21}, 413, "history: 21 items is over the limit of 20"),
         ("body too large", {**body, "user": {"features": {"user_active_degree": "x" * 300_000}}}, 413, "body:"),
     ]
+
+
+def test_columnar_candidates_rank_as_the_per_candidate_form(server, artifacts):
+    body = _body(load_artifact(artifacts["td3"]).manifest["inputs"], n=12, k=6)
+    cols = {k: v for k, v in body.items() if k != "candidates"} | {"candidate_columns": _columns(body)}
+    with httpx.Client(base_url=server.url) as c:
+        a, b = c.post("/v1/rank", json=body).json(), c.post("/v1/rank", json=cols).json()
+    assert a == b and len(a["items"]) == 6
 
 
 def test_every_bad_request_gets_its_4xx_naming_the_field(server, artifacts):

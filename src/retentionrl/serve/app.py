@@ -160,8 +160,9 @@ def create_app(artifact_dir: str | Path, cfg: ServiceConfig | None = None) -> Fa
             req = RankRequest.model_validate_json(await request.body())
         except ValidationError as exc:
             return _invalid(exc)
-        if len(req.candidates) > cfg.max_candidates:
-            return _error(413, f"candidates: {len(req.candidates)} candidates is over the limit of {cfg.max_candidates}")
+        if req.n_candidates > cfg.max_candidates:
+            field = "candidates" if req.candidates is not None else "candidate_columns.item_ids"
+            return _error(413, f"{field}: {req.n_candidates} candidates is over the limit of {cfg.max_candidates}")
         if len(req.history) > cfg.max_history:
             return _error(413, f"history: {len(req.history)} items is over the limit of {cfg.max_history}")
         problem = batcher.ranker.check(req)

@@ -130,20 +130,20 @@ class Ranker:
         if self.artifact.fusion:
             weights = agent.act(obs, explore=False).float()  # (B, 7)
             for b, r in enumerate(reqs):
-                C = len(r.candidates)
-                s = torch.from_numpy(np.fromiter((c.scores.get(x, 0.0) for c in r.candidates for x in BEHAVIOURS),
-                                                 dtype=np.float32, count=C * NB).reshape(C, NB))  # (C, 7)
+                s = torch.from_numpy(r.score_matrix(BEHAVIOURS))  # (C, 7)
                 score = s @ weights[b]  # (C,)
                 top = torch.topk(score, r.k).indices.tolist()
-                cold = sum(_key(c.item_id) not in self.item_index for c in r.candidates)
+                ids = r.item_ids()
+                cold = sum(_key(i) not in self.item_index for i in ids)
                 out.append(RankResponse(
-                    items=[RankedItem(item_id=r.candidates[i].item_id, score=_finite(float(score[i]))) for i in top],
+                    items=[RankedItem(item_id=ids[i], score=_finite(float(score[i]))) for i in top],
                     fusion_weights={x: _finite(w) for x, w in zip(BEHAVIOURS, weights[b].tolist())},
                     artifact_version=self.version,
                     cold_start={**colds[b], "candidates_unknown": cold}))
             return out
         for b, r in enumerate(reqs):
-            dense = [self.item_index.get(_key(c.item_id)) for c in r.candidates]
+            ids = r.item_ids()
+            dense = [self.item_index.get(_key(i)) for i in ids]
             known = [i for i, d in enumerate(dense) if d is not None]
             ranked: list[RankedItem] = []
             if known:
@@ -151,10 +151,9 @@ class Ranker:
                 o.candidates = torch.tensor([dense[i] for i in known])
                 score = agent.act(o, explore=False)[0].float()  # (C_known,)
                 order = torch.topk(score, min(r.k, len(known))).indices.tolist()
-                ranked = [RankedItem(item_id=r.candidates[known[i]].item_id, score=_finite(float(score[i])))
-                          for i in order]
+                ranked = [RankedItem(item_id=ids[known[i]], score=_finite(float(score[i]))) for i in order]
             unknown = [i for i, d in enumerate(dense) if d is None]
-            ranked += [RankedItem(item_id=r.candidates[i].item_id, score=None) for i in unknown[: r.k - len(ranked)]]
+            ranked += [RankedItem(item_id=ids[i], score=None) for i in unknown[: r.k - len(ranked)]]
             out.append(RankResponse(items=ranked, fusion_weights=None, artifact_version=self.version,
                                     cold_start={**colds[b], "candidates_unknown": len(unknown)}))
         return out

@@ -12,7 +12,8 @@ from typing import Annotated, Any
 
 from typing_extensions import TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from retentionrl.data.schema import BEHAVIOURS
 
@@ -91,6 +92,35 @@ class Candidate(_Strict):
     scores: Scores
 
 
+ScoreColumn = Annotated[list[Finite], Field(min_length=1)]
+
+
+class ScoreColumns(TypedDict, total=False):
+    __pydantic_config__ = ConfigDict(extra="forbid")
+    click: ScoreColumn
+    long_view: ScoreColumn
+    like: ScoreColumn
+    comment: ScoreColumn
+    forward: ScoreColumn
+    follow: ScoreColumn
+    hate: ScoreColumn
+
+
+class CandidateColumns(_Strict):
+    """The candidates in columns, as a ranking stage holds them: the ids, and one list of scores per behaviour
+    (left out: 0), each as long as the ids. A quarter of the bytes of the per-candidate form, and faster to read."""
+
+    item_ids: Annotated[list[ItemId], Field(min_length=1)]
+    scores: ScoreColumns
+
+    @model_validator(mode="after")
+    def _lengths(self) -> "CandidateColumns":
+        for b, col in self.scores.items():
+            if len(col) != len(self.item_ids):
+                raise ValueError(f"scores.{b} has {len(col)} values for {len(self.item_ids)} item_ids")
+        return self
+
+
 class Context(_Strict):
     """Where the request sits in the user's sessions (the cross-session state a retention policy reads)."""
 
@@ -100,19 +130,50 @@ class Context(_Strict):
 
 
 class RankRequest(_Strict):
+    """``candidates`` (one object per candidate) or ``candidate_columns`` (ids and score lists), exactly one."""
+
     user: User = Field(default_factory=User)
     history: list[HistoryItem] = Field(default_factory=list)
-    candidates: list[Candidate] = Field(min_length=1)
+    candidates: Annotated[list[Candidate], Field(min_length=1)] | None = None
+    candidate_columns: CandidateColumns | None = None
     k: Annotated[int, Field(ge=1)]
     context: Context = Field(default_factory=Context)
 
     @field_validator("k")
     @classmethod
     def _k_fits(cls, k: int, info: ValidationInfo) -> int:
-        cands = info.data.get("candidates")  # absent when the candidates themselves failed validation
-        if cands is not None and k > len(cands):
-            raise ValueError(f"k ({k}) is larger than the number of candidates ({len(cands)})")
+        cands, cols = info.data.get("candidates"), info.data.get("candidate_columns")  # None when they failed
+        n = len(cands) if cands is not None else len(cols.item_ids) if cols is not None else None
+        if n is not None and k > n:
+            raise ValueError(f"k ({k}) is larger than the number of candidates ({n})")
         return k
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "RankRequest":
+        if (self.candidates is None) == (self.candidate_columns is None):
+            raise ValueError("give the candidates either as 'candidates' or as 'candidate_columns', exactly one")
+        return self
+
+    @property
+    def n_candidates(self) -> int:
+        return len(self.candidates) if self.candidates is not None else len(self.candidate_columns.item_ids)
+
+    def item_ids(self) -> list:
+        """The candidates' ids, in request order."""
+        return [c.item_id for c in self.candidates] if self.candidates is not None else self.candidate_columns.item_ids
+
+    def score_matrix(self, behaviours: tuple[str, ...]) -> np.ndarray:
+        """(C, len(behaviours)) float32: the candidates' scores, 0 where a behaviour is left out."""
+        C = self.n_candidates
+        if self.candidates is not None:
+            return np.fromiter((c.scores.get(x, 0.0) for c in self.candidates for x in behaviours), dtype=np.float32,
+                               count=C * len(behaviours)).reshape(C, len(behaviours))
+        cols = self.candidate_columns.scores
+        out = np.zeros((C, len(behaviours)), dtype=np.float32)
+        for j, b in enumerate(behaviours):
+            if b in cols:
+                out[:, j] = cols[b]
+        return out
 
 
 class RankedItem(BaseModel):
