@@ -22,6 +22,7 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -66,12 +67,7 @@ class _Response:
         self.user_cat = torch.zeros(0, n_user_cat, dtype=torch.long)  # no per-user rows: users come in requests
         self.user_num = torch.zeros(0, n_user_num)
         self.item_cat, self.item_num = item_cat, item_num
-
-        class _Cfg:
-            pass
-
-        self.cfg = _Cfg()
-        self.cfg.window = window
+        self.cfg = SimpleNamespace(window=window)
 
 
 class ArtifactSimulator:
@@ -127,8 +123,10 @@ def export_run(run_dir: str | Path, out: str | Path, simulator: str | Path | Non
         "agent_config": cfg.agent,
         "run": {"path": str(run.path), "config": {k: v for k, v in raw_cfg.items() if k != "bundle"}},
         "env": to_dict(env), "spec": asdict(spec), "item_cardinalities": list(sim.meta["item_cardinalities"]),
-        "inputs": {**{k: v for k, v in sim.inputs.items() if k != "user_ids"}, "behaviours_order": list(BEHAVIOURS),
-                   "window": spec.window},  # users come with their features, not by id
+        # users come with their features, not by id; categorical values from meta.json, their one source
+        "inputs": {**{k: v for k, v in sim.inputs.items() if k not in ("user_ids", "user_categorical")},
+                   "user_categorical": dict(sim.meta["user_features"]), "behaviours_order": list(BEHAVIOURS),
+                   "window": spec.window},
         "simulator": {"fingerprint": sim.fingerprint, "dataset": sim.meta.get("dataset"),
                       "path": None if sim.path is None else str(Path(sim.path).resolve())},
         "evaluation": summary.get("eval"),

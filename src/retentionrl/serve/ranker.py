@@ -167,6 +167,6 @@ def _row(obs: Obs, b: int) -> Obs:
 
 def request_of(features: dict[str, Any], history: list[dict[str, Any]], candidates: list[dict[str, Any]], k: int,
                context: dict[str, Any] | None = None) -> RankRequest:
-    """A :class:`RankRequest` from plain values (replay, tests)."""
+    """A :class:`RankRequest` from plain values (callers in Python: the tests)."""
     return RankRequest.model_validate({"user": {"features": features}, "history": history, "candidates": candidates,
                                        "k": k, "context": context or {}})

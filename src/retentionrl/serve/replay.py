@@ -18,7 +18,6 @@ the user-days with at least ``min_candidates`` (2) candidates (all are sent; one
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import socket
 import threading
@@ -98,41 +97,46 @@ def build_requests(data: Interactions, sim: Simulator, cfg: ReplayConfig) -> tup
         groups = groups[: cfg.max_user_days]
     bodies, labels = [], []
     counts = {"user_days": 0, "skipped_unknown_user": 0, "candidates_unknown_to_ranker": 0, "exposures": 0}
+    kept = []  # (first row, user, the ranker's user id, history rows, [(row, ranker item id)]) per user-day
+    for s, e in groups:
+        u = int(user_col[s])
+        su = user_of.get(str(data.user_ids[u]))
+        if su is None:
+            counts["skipped_unknown_user"] += 1
+            continue
+        hist = np.arange(max(int(first_row[s]), s - max(H, cfg.history)), s)
+        # the day's exposures, first showing of each item, in the order shown
+        seen, rows = set(), []
+        for r in range(s, e):
+            if item_col[r] not in seen:
+                seen.add(item_col[r])
+                rows.append(r)
+        cand = [(r, item_of.get(str(data.item_ids[item_col[r]]))) for r in rows]
+        counts["candidates_unknown_to_ranker"] += sum(d is None for _, d in cand)
+        cand = [(r, d) for r, d in cand if d is not None]
+        if cand:
+            kept.append((s, u, su, hist, cand))
+    # The ranking stage: the response model's state after each user's last H known exposures, batched over
+    # user-days (the history transformer is the cost), then each day's candidates' probabilities.
+    items = np.zeros((len(kept), H), dtype=np.int64)
+    tok_beh = np.zeros((len(kept), H, len(BEHAVIOURS)), dtype=np.float32)
+    tok_watch = np.zeros((len(kept), H), dtype=np.float32)
+    pad = np.ones((len(kept), H), dtype=bool)
+    for j, (_, _, _, hist, _) in enumerate(kept):
+        known = [(r, d) for r in hist[-H:] if (d := item_of.get(str(data.item_ids[item_col[r]]))) is not None]
+        if known:
+            n, hr = len(known), [r for r, _ in known]
+            items[j, H - n:] = [d for _, d in known]
+            tok_beh[j, H - n:], tok_watch[j, H - n:], pad[j, H - n:] = beh[hr], watch[hr], False
+    resp = ResponseModel.token_features(torch.from_numpy(tok_beh), torch.from_numpy(tok_watch))
+    users = torch.tensor([k[2] for k in kept], dtype=torch.long)
     with torch.no_grad():
-        for s, e in groups:
-            u = int(user_col[s])
-            su = user_of.get(str(data.user_ids[u]))
-            if su is None:
-                counts["skipped_unknown_user"] += 1
-                continue
-            h0 = max(int(first_row[s]), s - max(H, cfg.history))
-            hist = np.arange(h0, s)
-            # the day's exposures, first showing of each item, in the order shown
-            seen, rows = set(), []
-            for r in range(s, e):
-                if item_col[r] not in seen:
-                    seen.add(item_col[r])
-                    rows.append(r)
-            cand = [(r, item_of.get(str(data.item_ids[item_col[r]]))) for r in rows]
-            counts["candidates_unknown_to_ranker"] += sum(d is None for _, d in cand)
-            cand = [(r, d) for r, d in cand if d is not None]
-            if not cand:
-                continue
-            # the ranking stage: the response model's probabilities after the user's last H exposures
-            hr = hist[-H:]
-            hd = [item_of.get(str(data.item_ids[item_col[r]])) for r in hr]
-            keep = [j for j, d in enumerate(hd) if d is not None]
-            items = torch.zeros(1, H, dtype=torch.long)
-            resp = torch.zeros(1, H, len(BEHAVIOURS) + 1)
-            pad = torch.ones(1, H, dtype=torch.bool)
-            n = len(keep)
-            if n:
-                items[0, H - n:] = torch.tensor([hd[j] for j in keep])
-                resp[0, H - n:] = ResponseModel.token_features(torch.from_numpy(beh[hr[keep]]), torch.from_numpy(watch[hr[keep]]))
-                pad[0, H - n:] = False
-            state = model.init_cache(torch.tensor([su]), items, resp, pad, iv).state
+        q = torch.cat([model.queries(model.init_cache(users[i:i + 256], torch.from_numpy(items[i:i + 256]), resp[i:i + 256],
+                                                      torch.from_numpy(pad[i:i + 256]), iv).state)
+                       for i in range(0, len(kept), 256)]) if kept else torch.zeros(0)  # (n, 8, D)
+        for j, (s, u, _, hist, cand) in enumerate(kept):
             cd = torch.tensor([d for _, d in cand])
-            probs = torch.sigmoid(model.score(model.queries(state)[:, None], cd[None], iv)[0, 0, :, : len(BEHAVIOURS)])
+            probs = torch.sigmoid(model.score(q[j : j + 1, None], cd[None], iv)[0, 0, :, : len(BEHAVIOURS)])
             prev_days = np.unique(day_col[int(first_row[s]):s])
             body = {
                 "user": {"features": raw_user_features(data, u)},
@@ -294,6 +298,3 @@ def report_markdown(report: dict[str, Any]) -> str:
         if (d := s.get("served_minus_click_ranking_ndcg")) is not None) + "."]
     return "\n".join(lines) + "\n"
 
-
-def load_report(path: str | Path) -> dict[str, Any]:
-    return json.loads((Path(path) / "report.json").read_text())

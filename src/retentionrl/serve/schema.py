@@ -25,31 +25,16 @@ ItemId = Annotated[int | str, Field(union_mode="left_to_right")]
 Zero1 = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
 
-class _PerBehaviour(TypedDict, total=False):
-    __pydantic_config__ = ConfigDict(extra="forbid")  # an unknown behaviour is an error naming it
+def _per_behaviour(name: str, value: Any) -> type:
+    """A TypedDict with one optional key per behaviour (left out: 0) and no other key (an unknown behaviour is an
+    error naming it); validated in pydantic-core, without a Python call per candidate."""
+    td = TypedDict(name, {b: value for b in BEHAVIOURS}, total=False)
+    td.__pydantic_config__ = ConfigDict(extra="forbid")
+    return td
 
 
-class Scores(_PerBehaviour, total=False):
-    click: Finite
-    long_view: Finite
-    like: Finite
-    comment: Finite
-    forward: Finite
-    follow: Finite
-    hate: Finite
-
-
-class Behaviours(_PerBehaviour, total=False):
-    click: Zero1
-    long_view: Zero1
-    like: Zero1
-    comment: Zero1
-    forward: Zero1
-    follow: Zero1
-    hate: Zero1
-
-
-assert tuple(Scores.__annotations__) == tuple(Behaviours.__annotations__) == BEHAVIOURS  # keys in checked order
+Scores = _per_behaviour("Scores", Finite)
+Behaviours = _per_behaviour("Behaviours", Zero1)
 FeatureValue = int | float | str | bool | None
 
 
@@ -95,15 +80,7 @@ class Candidate(_Strict):
 ScoreColumn = Annotated[list[Finite], Field(min_length=1)]
 
 
-class ScoreColumns(TypedDict, total=False):
-    __pydantic_config__ = ConfigDict(extra="forbid")
-    click: ScoreColumn
-    long_view: ScoreColumn
-    like: ScoreColumn
-    comment: ScoreColumn
-    forward: ScoreColumn
-    follow: ScoreColumn
-    hate: ScoreColumn
+ScoreColumns = _per_behaviour("ScoreColumns", ScoreColumn)
 
 
 class CandidateColumns(_Strict):

@@ -105,12 +105,11 @@ def _session_rows(data: Interactions, sessions: Sessions) -> tuple[np.ndarray, n
 
 def input_spec(data: Interactions) -> dict:
     """The bundle's ``inputs.json``: what raw log values stand for in the simulator. ``item_ids`` / ``user_ids``:
-    the source's id of each dense item / user id; ``user_categorical``: column -> raw values (code c is value c-1, code 0 missing or
-    unseen); ``user_numeric``: per column the map to its standardised feature
-    (:func:`~retentionrl.nets.encoders.numeric_scales`); ``behaviours``: those the source records."""
+    the source's id of each dense item / user id; ``user_numeric``: per column the map to its standardised feature
+    (:func:`~retentionrl.nets.encoders.numeric_scales`); ``behaviours``: those the source records. The categorical
+    values are ``meta.json``'s ``user_features`` (not repeated here)."""
     return {"dataset": data.name, "item_ids": np.asarray(data.item_ids).tolist(),
             "user_ids": np.asarray(data.user_ids).tolist(),
-            "user_categorical": {c: list(data.user_features.vocab.get(c, [])) for c in data.user_features.categorical},
             "user_numeric": numeric_scales(data.user_features), "behaviours": list(data.behaviours)}
 
 
