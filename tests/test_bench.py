@@ -6,7 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from retentionrl.bench.grid import cells, run_grid
+from retentionrl.bench.engines import run_grid
+from retentionrl.bench.grid import cells
 from retentionrl.bench.report import comparison_table, load_runs
 from retentionrl.cli import main
 
@@ -130,7 +131,7 @@ def test_run_parallel_keeps_order_in_worker_processes():
 
 
 def test_run_selected_runs_only_the_matching_labels_and_returns_every_finished_cell(tiny_sim, tmp_path):
-    from retentionrl.bench.grid import run_selected
+    from retentionrl.bench.engines import run_selected
 
     bundle = str(tiny_sim.save(tmp_path / "bundle"))
     grid = cells(_configs(tmp_path), [0], tmp_path / "runs", bundle)  # labels "fixed", "rand"

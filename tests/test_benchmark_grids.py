@@ -1,36 +1,47 @@
-"""A benchmark table compares methods only if every cell of a part acts in one environment: the part's env must
-win over whatever a method's own config says (an RLIV-UA yaml once leaked its satisfaction leave model into the
-learned-preset part; the provenance check refused the table after 20 cells had run)."""
+"""The benchmark grids are grid files (``grids/*.yaml``). A table compares methods only if every cell acts in one
+environment: the table's env must win over whatever a method's own config says (an RLIV-UA yaml once leaked its
+satisfaction leave model into the learned-preset part; the provenance check refused the table after 20 cells had
+run). Planning reads the bundles' fingerprints, so these tests stub the bundle loader (no bundle is needed)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
-from conftest import load_benchmark
 
-from retentionrl.bench.grid import resolved_config
+from retentionrl.bench import grid as grid_mod
+from retentionrl.bench.gridfile import load_grid
 
-
-@pytest.mark.parametrize("part", ["kuaisim", "learned"])
-def test_rliv_ua_table_cells_share_one_environment(part: str) -> None:
-    bench = load_benchmark("rliv_ua_methods")
-    envs = {}
-    for label, config, over in bench.variants(part):
-        raw = resolved_config(config, over, 0, label)
-        envs[label] = (raw["preset"], raw["env"], raw["eval"])
-    first = next(iter(envs.values()))
-    assert all(v == first for v in envs.values()), {k: v[1] for k, v in envs.items()}
-    assert first[0] == bench.PARTS[part]["preset"]
+GRIDS = Path(__file__).resolve().parents[1] / "grids"
 
 
-@pytest.mark.parametrize("part", ["kuairand", "learned", "headroom"])
+@pytest.fixture(autouse=True)
+def _no_bundles(monkeypatch):
+    monkeypatch.setattr(grid_mod, "load_bundle", lambda path: SimpleNamespace(fingerprint=f"fp-{Path(path).name}"))
+
+
+@pytest.mark.parametrize("grid_file", sorted(p.name for p in GRIDS.glob("*.yaml")))
+def test_every_table_of_every_grid_file_acts_in_one_environment(grid_file: str) -> None:
+    tables = load_grid(GRIDS / grid_file)
+    assert tables
+    for t in tables:
+        seen = {}
+        for e in t.entries:
+            raw = grid_mod.resolved_config(e.config, e.overrides, t.seeds[0], e.label)
+            seen[e.label] = (raw["preset"], raw["env"], raw["eval"], raw.get("task"))
+        first = next(iter(seen.values()))
+        assert all(v == first for v in seen.values()), (t.name, {k: v[1] for k, v in seen.items() if v != first})
+
+
+@pytest.mark.parametrize("part, preset", [("kuaisim", "kuaisim"), ("learned", "learned"), ("kuaisim_gain", "kuaisim")])
 @pytest.mark.parametrize("task", ["return_time", "session_length", "both"])
-def test_resact_table_cells_share_one_environment_and_task(part: str, task: str) -> None:
-    bench = load_benchmark("resact_methods")
-    suffix, preset, over = bench.TABLES[part]
-    seen = {}
-    for label, config, o in bench.task_variants(task, over, suffix):
-        raw = resolved_config(config, o, 0, label)
-        seen[label] = (raw["preset"], raw["env"], raw["eval"], raw["task"])
-    first = next(iter(seen.values()))
-    assert all(v == first for v in seen.values()), seen
-    assert first[0] == preset and first[3] == task
+def test_resact_task_tables_have_their_preset_task_and_the_nine_methods(part: str, preset: str, task: str) -> None:
+    [t] = [t for t in load_grid(GRIDS / "resact.yaml") if t.name == f"resact_{part}_{task}"]
+    labels = [e.label for e in t.entries]
+    assert labels == [f"{m}-{part}-{task}" for m in
+                      ("resact", "ddpg", "td3", "td3bc", "bcq", "iql", "bc", "il_cvae", "cql")]
+    assert [e.label for e in t.entries if not e.baseline] == [f"resact-{part}-{task}"]
+    raw = grid_mod.resolved_config(t.entries[0].config, t.entries[0].overrides, 0, labels[0])
+    assert raw["preset"] == preset and raw["task"] == task and raw["agent"]["retention_weight"] == 1.0
+    assert len(t.cells()) == 45

@@ -163,9 +163,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from retentionrl.config import from_dict, load_config, merge
     from retentionrl.simulator.bundle import Simulator
     from retentionrl.training import trainer_for
-    from retentionrl.training.run import RunDir, check_stop_after, load_recorded, pop_record
+    from retentionrl.training.run import TENSORBOARD_ENV, RunDir, check_stop_after, load_recorded, pop_record
 
     check_stop_after(args.stop_after, "--stop-after")  # before anything is read, built or written
+    if args.tensorboard:
+        os.environ[TENSORBOARD_ENV] = "1"
     over = {k: v for k, v in {"algo": args.algo, "seed": args.seed}.items() if v is not None}
     # A run's config.yaml may be given as --config: its `bundle` section is provenance, not a setting.
     record = None
@@ -221,6 +223,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
     md, ref = write_comparison(args.run_dirs, args.out, args.reference, columns=args.columns)
     print(md)
     print(f"written: {args.out}/comparison.md, comparison.csv, training_curves.png")
+    return 0
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    from retentionrl.bench.engines import run_grid
+    from retentionrl.bench.gridfile import load_grid, plan, select, write_table
+
+    if args.workers < 1 or args.retries < 0:
+        raise RetentionRLError("--workers must be >= 1 and --retries >= 0")
+    tables = select(load_grid(args.grid), args.tables)
+    every, chosen = plan(tables, args.only)  # plans every cell (bundles loaded, configs resolved) before any runs
+    if not args.no_run:
+        run_grid(chosen, workers=args.workers, engine=args.engine, address=args.address, retries=args.retries,
+                 tensorboard=args.tensorboard)
+    finished = {c.run_dir for c in every if (Path(c.run_dir) / "summary.json").is_file()}
+    for table in tables:
+        done = [c.run_dir for c in table.cells() if c.run_dir in finished]
+        print(f"## {table.name} ({len(done)}/{len(table.entries) * len(table.seeds)} cells) -> {table.out}")
+        print(write_table(table, done))
+    missing = [c for c in chosen if c.run_dir not in finished]
+    if missing and not args.no_run:
+        print(f"retentionrl: {len(missing)} cell(s) did not finish (see the [grid] lines above); rerun to retry them",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -359,7 +385,23 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", default=None, metavar="RUN_DIR",
                     help="continue a run from its last checkpoint (with its own config unless --config is given)")
     tr.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this many steps")
+    tr.add_argument("--tensorboard", action="store_true",
+                    help="also write the run's scalars as TensorBoard event files in RUN/tensorboard")
     tr.set_defaults(func=cmd_train)
+    gr = groups.add_parser("grid", help="run a grid file's cells (resumable, local or Ray) and write its tables")
+    gr.add_argument("grid", help="grid file (grids/*.yaml)")
+    gr.add_argument("--engine", choices=("local", "ray"), default="local",
+                    help="local: a process pool on this machine (default); ray: a Ray cluster")
+    gr.add_argument("--address", default=None, help="an existing Ray cluster (e.g. auto, ray://head:10001); default: "
+                    "a local one with --workers CPUs, started for the run")
+    gr.add_argument("--workers", type=int, default=1, help="cells at once (one thread each when > 1)")
+    gr.add_argument("--tables", nargs="+", default=None, metavar="GLOB", help="only these tables (names or globs)")
+    gr.add_argument("--only", nargs="+", default=None, metavar="GLOB",
+                    help="run only cells whose label matches (tables still read every finished cell)")
+    gr.add_argument("--retries", type=int, default=1, help="tries again a failed cell this many times (default 1)")
+    gr.add_argument("--no-run", action="store_true", help="only write the tables from the finished cells")
+    gr.add_argument("--tensorboard", action="store_true", help="runs also write TensorBoard event files")
+    gr.set_defaults(func=cmd_grid)
     ev = groups.add_parser("evaluate", help="evaluate a run's frozen policy with its evaluation protocol")
     ev.add_argument("run_dir")
     ev.add_argument("--simulator", default=None, help="bundle directory (default: the run's own bundle)")

@@ -5,22 +5,19 @@ digits) hashes the cell's resolved config (after ``extends``, the variant's over
 with the simulator bundle's fingerprint. A finished cell (``summary.json``) whose key matches is skipped, an
 interrupted one is resumed from its checkpoint, a missing one is started: editing a config, or rebuilding the
 bundle, reruns exactly the cells it changes, in new directories (old results stay where they were and are not
-read). Cells run one after another, or in worker processes (``workers > 1``); each process uses one torch thread
-so that workers do not oversubscribe the cores, and loads a bundle once. The table is rebuilt from whatever
-cells have finished.
+read). ``bench.engines`` runs the cells (here, in a process pool, or on Ray); ``bench.gridfile`` reads a grid file.
+The table is rebuilt from whatever cells have finished.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from fnmatch import fnmatch
-from functools import lru_cache, partial
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +27,7 @@ from retentionrl.config import from_dict, load_config, merge, to_dict
 from retentionrl.errors import RetentionRLError
 from retentionrl.simulator.bundle import Simulator
 from retentionrl.training import trainer_for
-from retentionrl.training.run import pop_record
+from retentionrl.training.run import TENSORBOARD_ENV, pop_record
 
 KEY_DIGITS = 12
 
@@ -99,15 +96,19 @@ def cells(configs: list["str | Path | Variant"], seeds: list[int], runs_root: st
     return out
 
 
-def run_cell(cell: Cell, threads: int | None = None) -> str:
-    """Train one cell to completion (resuming if it was interrupted); returns its run directory."""
+def run_cell(cell: Cell, threads: int | None = None, sim: Simulator | None = None, tensorboard: bool = False) -> str:
+    """Train one cell to completion (resuming if it was interrupted); returns its run directory. ``sim``: the
+    cell's bundle already loaded (the Ray engine's copy from the object store), else it is loaded here once per
+    process. ``tensorboard``: also write the run's scalars as TensorBoard event files (``RunDir``)."""
     if threads:
         torch.set_num_threads(threads)
+    if tensorboard:
+        os.environ[TENSORBOARD_ENV] = "1"
     run = Path(cell.run_dir)
     if (run / "summary.json").is_file():
         return cell.run_dir
     raw = resolved_config(cell.config, cell.overrides, cell.seed, cell.method)
-    sim = load_bundle(cell.simulator)
+    sim = sim if sim is not None else load_bundle(cell.simulator)
     if cell_key(raw, sim.fingerprint) != cell.key:  # edited between planning the grid and running the cell
         raise RetentionRLError(f"{cell.config} or {cell.simulator} changed since the grid was planned "
                                f"(cell {cell.run_dir}); plan it again")
@@ -128,38 +129,7 @@ def run_parallel(fn: Callable[[Any], Any], items: list[Any], workers: int = 1) -
         yield from pool.map(fn, items)
 
 
-def run_grid(grid: list[Cell], workers: int = 1, log=print) -> list[str]:
-    todo = [c for c in grid if not (Path(c.run_dir) / "summary.json").is_file()]
-    log(f"[grid] {len(grid)} cells, {len(grid) - len(todo)} already finished, {len(todo)} to run")
-    for done in run_parallel(partial(run_cell, threads=1 if workers > 1 else None), todo, workers):
-        log(f"[grid] finished {done}")
-    return [c.run_dir for c in grid if (Path(c.run_dir) / "summary.json").is_file()]
-
-
-def run_selected(grid: list[Cell], workers: int = 1, only: list[str] | None = None, no_run: bool = False,
-                 log=print) -> list[str]:
-    """The finished run directories of ``grid`` after running its unfinished cells — all of them, or only those
-    whose label matches one of the globs ``only`` (``no_run``: none). A table built from the result reads every
-    finished cell, so a grid can be filled part by part (e.g. ``only=["sec*"]`` beside reused baselines)."""
-    if not no_run:
-        chosen = grid if only is None else [c for c in grid if any(fnmatch(c.method, pat) for pat in only)]
-        if chosen:
-            run_grid(chosen, workers=workers, log=log)
-    return [c.run_dir for c in grid if (Path(c.run_dir) / "summary.json").is_file()]
-
-
-def grid_arguments(ap: argparse.ArgumentParser, parts: list[str], bundles: dict[str, str]) -> None:
-    """The command line every benchmark grid shares: ``--parts``, ``--seeds`` (tables, 5), ``--ablation-seeds``
-    (3), ``--<name>-bundle`` for each of ``bundles`` (name -> default path), ``--workers``, ``--only`` (globs of
-    labels to run; the tables read every finished cell) and ``--no-run``."""
-    ap.add_argument("--parts", nargs="+", default=parts, choices=parts)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
-    for name, default in bundles.items():
-        ap.add_argument(f"--{name}-bundle", default=default)
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--only", nargs="+", default=None, metavar="GLOB",
-                    help="run only the cells whose label matches one of these globs (the tables still read every "
-                         "finished cell), e.g. --only 'sec*'")
-    ap.add_argument("--no-run", action="store_true", help="only rebuild the tables from finished runs")
-
+def failure(exc: BaseException) -> str:
+    """One line saying why a cell failed (our errors are one line already)."""
+    text = str(exc).strip().splitlines()
+    return (text[-1] if isinstance(exc, RetentionRLError) or not text else f"{type(exc).__name__}: {text[-1]}")[:500]

@@ -35,6 +35,30 @@ from retentionrl.utils.io import write_text_atomic
 
 #: the config.yaml / summary.json section that records the simulator
 BUNDLE_KEY = "bundle"
+#: set to 1 (``train --tensorboard``, ``grid --tensorboard``) to also write a run's scalars as TensorBoard event files
+#: in ``<run>/tensorboard``. Not a config field: viewing a run another way must not change its grid key.
+TENSORBOARD_ENV = "RETENTIONRL_TENSORBOARD"
+
+
+class TensorBoardMirror:
+    """The numbers of each ``metrics.jsonl`` record as TensorBoard scalars ``<event>/<key>`` at its step, as SB3
+    and CleanRL users expect; ``metrics.jsonl`` stays the source of truth. A resumed run replays from a step:
+    ``purge_step`` drops the events written after it, as ``truncate_metrics`` drops the records."""
+
+    def __init__(self, log_dir: Path, purge_step: int | None) -> None:
+        try:  # optional extra: pip install 'retentionrl[tensorboard]'
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise RetentionRLError(f"{TENSORBOARD_ENV} is set but TensorBoard is not installed "
+                                   "(pip install 'retentionrl[tensorboard]')") from None
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+
+    def add(self, record: dict[str, Any]) -> None:
+        event = record.get("event", "log")
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(f"{event}/{key}", value, record["step"])
+        self.writer.flush()  # a record every log_every steps: cheap, and a crash loses nothing
 
 
 # Env fields the loops set themselves, and where the value really comes from.
@@ -155,6 +179,8 @@ class RunDir:
         self.checkpoint = self.path / "checkpoints" / "last.pt"
         self.summary = self.path / "summary.json"
         self.bundle: dict[str, Any] | None = None  # the recorded simulator (set by open / read_config)
+        self._tensorboard: TensorBoardMirror | None = None
+        self._purge_step: int | None = None  # the step a resumed run replays from (for the TensorBoard mirror)
 
     @classmethod
     def open(cls, path: str | Path, cfg_dict: dict[str, Any], resume: bool, sim: Simulator) -> "RunDir":
@@ -289,9 +315,14 @@ class RunDir:
                     raise
         except OSError as exc:
             raise RetentionRLError(f"{self.metrics}: cannot write: {exc.strerror or exc}") from None
+        if os.environ.get(TENSORBOARD_ENV, "") not in ("", "0"):
+            if self._tensorboard is None:
+                self._tensorboard = TensorBoardMirror(self.path / "tensorboard", self._purge_step)
+            self._tensorboard.add(record)
 
     def truncate_metrics(self, step: int) -> None:
         """Drop records written after ``step`` (they belong to the part of the run being replayed)."""
+        self._purge_step = step + 1
         if not self.metrics.is_file():
             return
         keep = [rec for rec in self.read_metrics(drop_torn_tail=True) if rec["step"] <= step]
