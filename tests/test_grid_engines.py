@@ -5,6 +5,7 @@ cells give the same numbers as the local engine, on a local Ray cluster) and Ten
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -168,6 +169,7 @@ def test_tensorboard_events_mirror_metrics_jsonl_and_a_resume_purges_the_replaye
 
     RunDir(run).log({"step": 12, "event": "train", "critic_loss": 999.0})
     assert main(["train", "--resume", str(run), "--tensorboard"]) == 0
+    assert "RETENTIONRL_TENSORBOARD" not in os.environ  # the runs that follow in this process write no events
     records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     tb = _scalars(run / "tensorboard")
     want: dict[str, list[tuple[int, float]]] = {}

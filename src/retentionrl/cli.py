@@ -163,11 +163,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from retentionrl.config import from_dict, load_config, merge
     from retentionrl.simulator.bundle import Simulator
     from retentionrl.training import trainer_for
-    from retentionrl.training.run import TENSORBOARD_ENV, RunDir, check_stop_after, load_recorded, pop_record
+    from retentionrl.training.run import RunDir, check_stop_after, load_recorded, pop_record, tensorboard_events
 
     check_stop_after(args.stop_after, "--stop-after")  # before anything is read, built or written
-    if args.tensorboard:
-        os.environ[TENSORBOARD_ENV] = "1"
     over = {k: v for k, v in {"algo": args.algo, "seed": args.seed}.items() if v is not None}
     # A run's config.yaml may be given as --config: its `bundle` section is provenance, not a setting.
     record = None
@@ -194,7 +192,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if sim is None:
         sim = Simulator.load(args.simulator) if args.simulator else _load_or_build_sample_bundle(DEFAULT_BUNDLE)
     run_dir = args.resume or args.out or f"runs/{cfg.algo}-seed{cfg.seed}"
-    summary = train(cfg, sim, run_dir, resume=bool(args.resume), stop_after=args.stop_after, where=where)
+    with tensorboard_events(args.tensorboard):
+        summary = train(cfg, sim, run_dir, resume=bool(args.resume), stop_after=args.stop_after, where=where)
     if summary is None:
         print(f"stopped at step {args.stop_after}; continue with: retentionrl train --resume {shlex.quote(str(run_dir))}")
         return 0

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +40,22 @@ BUNDLE_KEY = "bundle"
 #: set to 1 (``train --tensorboard``, ``grid --tensorboard``) to also write a run's scalars as TensorBoard event files
 #: in ``<run>/tensorboard``. Not a config field: viewing a run another way must not change its grid key.
 TENSORBOARD_ENV = "RETENTIONRL_TENSORBOARD"
+
+
+@contextmanager
+def tensorboard_events(on: bool) -> Iterator[None]:
+    """``TENSORBOARD_ENV`` set for the block when ``on`` and restored after, so an in-process caller (tests, a
+    local grid with one worker) does not turn it on for the runs that follow."""
+    before = os.environ.get(TENSORBOARD_ENV)
+    if on:
+        os.environ[TENSORBOARD_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(TENSORBOARD_ENV, None)
+        else:
+            os.environ[TENSORBOARD_ENV] = before
 
 
 class TensorBoardMirror:
