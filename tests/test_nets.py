@@ -119,8 +119,10 @@ def test_fused_adam_and_multi_tensor_polyak_compute_the_per_tensor_updates():
             opt.zero_grad()
             net(user, items, resp).square().mean().backward()
             opt.step()
+    # Rounding differs by CPU (fused vs per-op kernels, FMA or not), and Adam amplifies it where a gradient is
+    # below eps (steps of about lr * g / eps): 1.6e-6 seen on an AMD EPYC. A wrong update is off by about lr.
     for p, q in zip(a.parameters(), b.parameters()):
-        assert torch.allclose(p, q, atol=1e-6)
+        assert torch.allclose(p, q, atol=1e-2 * 3e-4)
     moved = max((p - s0).abs().max().item() for p, s0 in zip(a.parameters(), start.parameters()))
     assert moved > 4 * 3e-4  # five real Adam steps of about lr each
 

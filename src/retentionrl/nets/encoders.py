@@ -128,18 +128,15 @@ class _Block(nn.Module):
         self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, bias: Tensor, past: tuple[Tensor, Tensor] | None = None, last_only: bool = False,
-                queries: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def forward(self, x: Tensor, bias: Tensor, past: tuple[Tensor, Tensor] | None = None, last_only: bool = False
+                ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """x: (B, Lq, D) new tokens; past: cached keys and values of earlier tokens, each (B, heads, Lp, D/heads);
         bias: (B or 1, heads, Lq, Lp + Lq). Returns the output (B, Lq, D) — only for the last token when
         ``last_only`` (the top layer of an incremental step needs no other) — and the new tokens' keys and
-        values (each (B, heads, Lq, D/heads)) for the cache. Without ``past``, ``queries`` (Q,) restricts the
-        output to those positions (B, Q, D); ``bias`` is then given for them only, (B or 1, heads, Q, Lq)."""
+        values (each (B, heads, Lq, D/heads)) for the cache."""
         b, lq, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, lq, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         if past is None:
-            if queries is not None:  # every position's keys and values, only the asked positions' outputs
-                q, x = q[:, :, queries], x[:, queries]
             att = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         else:  # a few queries against a short cache: score the cached and the new keys separately (no copy)
             if last_only:
@@ -151,6 +148,20 @@ class _Block(nn.Module):
             att = w[..., :lp] @ vp + w[..., lp:] @ v
         x = x + self.drop(self.out(att.transpose(1, 2).reshape(b, x.shape[1], d)))
         return x + self.drop(self.ff(self.ln2(x))), (k, v)
+
+    def at(self, x: Tensor, bias: Tensor, queries: Tensor) -> Tensor:
+        """The block's output at the positions ``queries`` (Q,) only, ``forward(x, ...)[0][:, queries]``:
+        x (B, L, D), bias (B or 1, heads, Q, L) -> (B, Q, D). Keys and values of every position, the query
+        projection of the asked ones only (rows ``:D`` of the fused weight), and the attention in the
+        token-major layout the projections produce: no head-major copies, no attention rows nobody reads."""
+        b, l, d = x.shape
+        h, w, c = self.ln1(x), self.qkv.weight, self.qkv.bias
+        kv = nn.functional.linear(h, w[d:], c[d:]).view(b, l, 2, self.heads, -1)  # (B, L, 2, heads, dh)
+        q = nn.functional.linear(h[:, queries], w[:d], c[:d]).view(b, len(queries), self.heads, -1)  # (B, Q, heads, dh)
+        scores = torch.einsum("bqhe,blhe->bhql", q, kv[:, :, 0]) * q.shape[-1] ** -0.5 + bias  # (B, heads, Q, L)
+        att = torch.einsum("bhql,blhe->bqhe", torch.softmax(scores, -1), kv[:, :, 1]).reshape(b, -1, d)
+        x = x[:, queries] + self.drop(self.out(att))
+        return x + self.drop(self.ff(self.ln2(x)))
 
 
 @dataclass
@@ -240,12 +251,12 @@ class HistoryTransformer(nn.Module):
         x = torch.cat([user[:, None], self.tokens(items, responses)], dim=1)
         pos = torch.arange(x.shape[1], device=x.device)
         key_pad = torch.cat([torch.zeros_like(pad[:, :1]), pad], dim=1)
-        bias = self.attention_bias(pos, pos, key_pad)
-        for blk in self.blocks[:-1]:
-            x, _ = blk(x, bias)
+        if len(self.blocks) > 1:
+            bias = self.attention_bias(pos, pos, key_pad)
+            for blk in self.blocks[:-1]:
+                x, _ = blk(x, bias)
         ends = pos[[0, -1]]
-        x, _ = self.blocks[-1](x, bias[:, :, ends], queries=ends)
-        out = self.norm(x)  # (B, 2, D)
+        out = self.norm(self.blocks[-1].at(x, self.attention_bias(ends, pos, key_pad), ends))  # (B, 2, D)
         return torch.where(pad[:, -1:], out[:, 0], out[:, 1])
 
     def _run(self, user, items, responses, pad) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
