@@ -153,23 +153,24 @@ def _scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-def test_tensorboard_events_mirror_metrics_jsonl_and_a_resume_purges_the_replayed_steps(tiny_sim, tmp_path,
-                                                                                         monkeypatch) -> None:
+def test_tensorboard_events_mirror_metrics_jsonl_and_a_resume_purges_the_replayed_steps(tiny_sim, tmp_path) -> None:
     pytest.importorskip("tensorboard")
     bundle = str(tiny_sim.save(tmp_path / "bundle"))
     cfg = tmp_path / "td3.yaml"
     cfg.write_text(yaml.safe_dump({**TD3, "seed": 0}))
     run = tmp_path / "run"
-    monkeypatch.delenv("RETENTIONRL_TENSORBOARD", raising=False)
     assert main(["train", "--config", str(cfg), "--simulator", bundle, "--out", str(run), "--stop-after", "8",
                  "--tensorboard"]) == 0
     # A crash after a log record that no checkpoint covers: metrics.jsonl and the events hold a step-12 record
     # that the resumed run replays (and must replace, not duplicate).
     from retentionrl.training.run import RunDir
 
-    RunDir(run).log({"step": 12, "event": "train", "critic_loss": 999.0})
+    RunDir(run, tensorboard=True).log({"step": 12, "event": "train", "critic_loss": 999.0})
     assert main(["train", "--resume", str(run), "--tensorboard"]) == 0
-    assert "RETENTIONRL_TENSORBOARD" not in os.environ  # the runs that follow in this process write no events
+    # The switch belongs to the run: the next run in this process writes no events unless it asks.
+    assert main(["train", "--config", str(cfg), "--simulator", bundle, "--out", str(tmp_path / "plain"),
+                 "--stop-after", "4"]) == 0
+    assert (tmp_path / "plain" / "metrics.jsonl").is_file() and not (tmp_path / "plain" / "tensorboard").exists()
     records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     tb = _scalars(run / "tensorboard")
     want: dict[str, list[tuple[int, float]]] = {}

@@ -163,7 +163,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from retentionrl.config import from_dict, load_config, merge
     from retentionrl.simulator.bundle import Simulator
     from retentionrl.training import trainer_for
-    from retentionrl.training.run import RunDir, check_stop_after, load_recorded, pop_record, tensorboard_events
+    from retentionrl.training.run import RunDir, check_stop_after, load_recorded, pop_record
 
     check_stop_after(args.stop_after, "--stop-after")  # before anything is read, built or written
     over = {k: v for k, v in {"algo": args.algo, "seed": args.seed}.items() if v is not None}
@@ -192,8 +192,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if sim is None:
         sim = Simulator.load(args.simulator) if args.simulator else _load_or_build_sample_bundle(DEFAULT_BUNDLE)
     run_dir = args.resume or args.out or f"runs/{cfg.algo}-seed{cfg.seed}"
-    with tensorboard_events(args.tensorboard):
-        summary = train(cfg, sim, run_dir, resume=bool(args.resume), stop_after=args.stop_after, where=where)
+    summary = train(cfg, sim, run_dir, resume=bool(args.resume), stop_after=args.stop_after, where=where,
+                    tensorboard=args.tensorboard)
     if summary is None:
         print(f"stopped at step {args.stop_after}; continue with: retentionrl train --resume {shlex.quote(str(run_dir))}")
         return 0

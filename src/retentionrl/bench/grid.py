@@ -27,7 +27,7 @@ from retentionrl.config import from_dict, load_config, merge, to_dict
 from retentionrl.errors import RetentionRLError
 from retentionrl.simulator.bundle import Simulator
 from retentionrl.training import trainer_for
-from retentionrl.training.run import pop_record, tensorboard_events
+from retentionrl.training.run import pop_record
 
 KEY_DIGITS = 12
 
@@ -112,8 +112,8 @@ def run_cell(cell: Cell, threads: int | None = None, sim: Simulator | None = Non
                                f"(cell {cell.run_dir}); plan it again")
     config_cls, train = trainer_for(raw.get("algo", "td3"), raw.get("loop"), cell.config)
     cfg = from_dict(config_cls, raw, cell.config)
-    with tensorboard_events(tensorboard):
-        train(cfg, sim, run, resume=(run / "config.yaml").is_file(), progress=False, where=str(cell.config))
+    train(cfg, sim, run, resume=(run / "config.yaml").is_file(), progress=False, where=str(cell.config),
+          tensorboard=tensorboard)
     return cell.run_dir
 
 

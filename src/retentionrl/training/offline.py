@@ -173,10 +173,11 @@ def _log_stats(logs: dict[str, Tensor]) -> dict[str, float]:
 
 def train_offline(cfg: OfflineTrainConfig, sim: Simulator, run_dir: str | Path, resume: bool = False,
                   progress: bool = True, stop_after: int | None = None,
-                  where: str = "train config") -> dict[str, Any] | None:
+                  where: str = "train config", tensorboard: bool = False) -> dict[str, Any] | None:
     """Fit ``cfg.algo`` on logs of ``cfg.behaviour``; returns the summary, or None when ``stop_after`` (an update
     count) ends the call early with a checkpoint to ``resume`` from. Resuming on a simulator with another
-    fingerprint than the run's is refused. Config errors start with ``where`` (the config file)."""
+    fingerprint than the run's is refused. Config errors start with ``where`` (the config file).
+    ``tensorboard``: also write the scalars as TensorBoard event files (:class:`~retentionrl.training.run.RunDir`)."""
     # The agent from a freshly seeded global RNG; logging draws from its own streams (fork_rng), so neither
     # depends on the other. Everything is validated before the run directory is written.
     cfg.validate(where)
@@ -198,7 +199,7 @@ def train_offline(cfg: OfflineTrainConfig, sim: Simulator, run_dir: str | Path, 
         raw_stats["task_reward"] = float(logs["retention_reward"][logs["session_end"]].mean())
     n_rows = len(logs["reward"])
     logs = agent.prepare_logs(logs)
-    run = RunDir.open(run_dir, to_dict(cfg), resume, sim)
+    run = RunDir.open(run_dir, to_dict(cfg), resume, sim, tensorboard)
     batch_size = cfg.batch_size or agent.batch_size or 256
     n_train = len(logs["reward"])
     sampler = EpochSampler(n_train, batch_size, seed=cfg.seed + 3)

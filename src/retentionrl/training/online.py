@@ -47,10 +47,12 @@ class TrainConfig(RunConfig):
 
 
 def train(cfg: TrainConfig, sim: Simulator, run_dir: str | Path, resume: bool = False, progress: bool = True,
-          stop_after: int | None = None, where: str = "train config") -> dict[str, Any] | None:
+          stop_after: int | None = None, where: str = "train config", tensorboard: bool = False
+          ) -> dict[str, Any] | None:
     """Train ``cfg.algo`` in ``sim``; returns the summary, or None when ``stop_after`` (a step count, e.g. to fit
     a job's time limit) ends the call early with a checkpoint to ``resume`` from. Resuming on a simulator with
-    another fingerprint than the run's is refused. Config errors start with ``where`` (the config file)."""
+    another fingerprint than the run's is refused. Config errors start with ``where`` (the config file).
+    ``tensorboard``: also write the scalars as TensorBoard event files (:class:`~retentionrl.training.run.RunDir`)."""
     cfg.validate(where)
     check_stop_after(stop_after)
     torch.manual_seed(cfg.seed)
@@ -59,7 +61,7 @@ def train(cfg: TrainConfig, sim: Simulator, run_dir: str | Path, resume: bool = 
                        **cfg.env_overrides())
     eval_cfg = cfg.eval_config()
     # Only now, with the config known to be good, does anything get written (a bad config leaves no run dir).
-    run = RunDir.open(run_dir, to_dict(cfg), resume, sim)
+    run = RunDir.open(run_dir, to_dict(cfg), resume, sim, tensorboard)
     obs = env.reset(seed=cfg.seed)
     action_shape = (7,) if env.cfg.action_mode == "fusion" else (len(obs.candidates),)
     # Only agents that learn from replay batches get the loop's buffer (on-policy / own-buffer agents do not).

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,27 +35,6 @@ from retentionrl.utils.io import write_text_atomic
 
 #: the config.yaml / summary.json section that records the simulator
 BUNDLE_KEY = "bundle"
-#: set to 1 (``train --tensorboard``, ``grid --tensorboard``) to also write a run's scalars as TensorBoard event files
-#: in ``<run>/tensorboard``. Not a config field: viewing a run another way must not change its grid key.
-TENSORBOARD_ENV = "RETENTIONRL_TENSORBOARD"
-
-
-@contextmanager
-def tensorboard_events(on: bool) -> Iterator[None]:
-    """``TENSORBOARD_ENV`` set for the block when ``on`` and restored after, so an in-process caller (tests, a
-    local grid with one worker) does not turn it on for the runs that follow."""
-    before = os.environ.get(TENSORBOARD_ENV)
-    if on:
-        os.environ[TENSORBOARD_ENV] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(TENSORBOARD_ENV, None)
-        else:
-            os.environ[TENSORBOARD_ENV] = before
-
-
 class TensorBoardMirror:
     """The numbers of each ``metrics.jsonl`` record as TensorBoard scalars ``<event>/<key>`` at its step, as SB3
     and CleanRL users expect; ``metrics.jsonl`` stays the source of truth. A resumed run replays from a step:
@@ -67,7 +44,7 @@ class TensorBoardMirror:
         try:  # optional extra: pip install 'retentionrl[tensorboard]'
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise RetentionRLError(f"{TENSORBOARD_ENV} is set but TensorBoard is not installed "
+            raise RetentionRLError("TensorBoard event files were asked for but TensorBoard is not installed "
                                    "(pip install 'retentionrl[tensorboard]')") from None
         self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
 
@@ -190,8 +167,14 @@ def load_recorded(record: dict[str, Any], base: str | Path, owner: str | Path) -
 
 
 class RunDir:
-    def __init__(self, path: str | Path) -> None:
+    """A run directory. ``tensorboard``: :meth:`log` also mirrors each record as TensorBoard scalars in
+    ``<run>/tensorboard`` — a way of viewing the run, not a setting of it, so it is not in the config (a grid
+    cell's key does not change) and it belongs to this object, not to the process (runs that follow in the same
+    process, a test or a one-worker grid, write no events unless they ask)."""
+
+    def __init__(self, path: str | Path, tensorboard: bool = False) -> None:
         self.path = Path(path)
+        self.tensorboard = tensorboard
         self.config = self.path / "config.yaml"
         self.metrics = self.path / "metrics.jsonl"
         self.checkpoint = self.path / "checkpoints" / "last.pt"
@@ -201,10 +184,11 @@ class RunDir:
         self._purge_step: int | None = None  # the step a resumed run replays from (for the TensorBoard mirror)
 
     @classmethod
-    def open(cls, path: str | Path, cfg_dict: dict[str, Any], resume: bool, sim: Simulator) -> "RunDir":
+    def open(cls, path: str | Path, cfg_dict: dict[str, Any], resume: bool, sim: Simulator,
+             tensorboard: bool = False) -> "RunDir":
         """A new run writes its config and ``sim``'s record; a resumed one must have been started with the same
         config on the same simulator (same fingerprint; the bundle may have moved)."""
-        run = cls(path)
+        run = cls(path, tensorboard)
         if resume:
             saved, record = run.read_config()
             if saved != cfg_dict:
@@ -333,7 +317,7 @@ class RunDir:
                     raise
         except OSError as exc:
             raise RetentionRLError(f"{self.metrics}: cannot write: {exc.strerror or exc}") from None
-        if os.environ.get(TENSORBOARD_ENV, "") not in ("", "0"):
+        if self.tensorboard:
             if self._tensorboard is None:
                 self._tensorboard = TensorBoardMirror(self.path / "tensorboard", self._purge_step)
             self._tensorboard.add(record)
