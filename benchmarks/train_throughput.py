@@ -1,7 +1,7 @@
 """Training speed: environment steps per second of the online loop, and where an update's time goes.
 
     python benchmarks/train_throughput.py [--bundle bundles/kuairand-pure] [--algos td3 sac rlur gfn4retention]
-                                          [--steps 200] [--base COMMIT] [--threads 1]
+                                          [--steps 200] [--base COMMIT [--repeat N]] [--threads 1]
 
 For each algorithm, with its benchmark config (``configs/train/<algo>-kuaisim.yaml``: 32 users per step, one
 update per step), the loop of ``retentionrl.training.online.train`` without its logging, evaluation and
@@ -12,7 +12,8 @@ random steps; then ``--steps`` steps are timed (steps/s and the projected time o
 passes, and each optimiser's step.
 
 ``--base COMMIT`` measures that commit's code too, in the same run, on the same bundle (a detached git worktree,
-imported through PYTHONPATH in a child process), so the before/after numbers share the machine's load.
+imported through PYTHONPATH in a child process), so the before/after numbers share the machine's load;
+``--repeat N`` alternates the two N times per algorithm and reports each side's median run.
 """
 
 from __future__ import annotations
@@ -187,6 +188,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200, help="timed steps (and as many profiled ones) per algorithm")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the grids' workers use one each)")
     ap.add_argument("--base", default=None, help="also measure this commit's code, for before/after")
+    ap.add_argument("--repeat", type=int, default=1, help="with --base: alternate before/after this many times")
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # child mode: one JSON line
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -196,9 +198,25 @@ def main() -> None:
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"bundle {args.bundle}, {args.steps} timed steps per algorithm, {args.threads} thread(s); "
           f"'100k-step run' = 100,000 x ms/step (loop only: no evaluation or checkpoints)")
-    if args.base:
-        show(f"before: {args.base}", measure_commit(args.base, args.bundle, args.algos, args.steps, args.threads))
-    show(f"after: {head} (working tree)", [measure(args.bundle, a, args.steps) for a in args.algos])
+    if not args.base:
+        show(f"{head} (working tree)", [measure(args.bundle, a, args.steps) for a in args.algos])
+        return
+    # Before and after alternate, per algorithm, --repeat times: a load change on a shared machine then hits
+    # both, and the median of each side is reported.
+    runs: dict[str, list[list[dict]]] = {"before": [], "after": []}
+    for _ in range(args.repeat):
+        for algo in args.algos:
+            runs["before"].append(measure_commit(args.base, args.bundle, [algo], args.steps, args.threads))
+            runs["after"].append([measure(args.bundle, algo, args.steps)])
+    for side, label in (("before", f"before: {args.base}"), ("after", f"after: {head} (working tree)")):
+        rows = [r for rs in runs[side] for r in rs]
+        show(f"{label}, median of {args.repeat}", [median_row([r for r in rows if r["algo"] == a]) for a in args.algos])
+
+
+def median_row(rows: list[dict]) -> dict:
+    """The run with the median ms/step among ``rows`` (one algorithm's repeats), with its own breakdown."""
+    rows = sorted(rows, key=lambda r: r["ms_per_step"])
+    return rows[(len(rows) - 1) // 2]
 
 
 if __name__ == "__main__":

@@ -188,3 +188,21 @@ def test_soft_update_refuses_a_target_that_is_not_a_copy_of_the_network():
     before = target.weight.detach().clone()
     soft_update(net, target, 0.5)
     assert torch.allclose(target.weight, 0.5 * before + 0.5 * net.weight.detach())
+
+
+def test_one_encoder_pass_over_two_batches_gives_each_row_its_own_state(tiny_sim):
+    """``cat_obs`` lets RLUR and GFN4Retention encode s and s' in one pass: the state encoder has no cross-row
+    operation, so each row's state must be what a pass over its own batch gives."""
+    from retentionrl.nets.actor_critic import AgentSpec, encoder
+    from retentionrl.spaces import cat_obs
+
+    env = tiny_sim.make_env("kuaisim", n_users=6, users="train")
+    first = env.reset(seed=0)
+    second = env.step(torch.rand(6, 7) * 2 - 1).obs
+    second = env.step(torch.rand(6, 7) * 2 - 1).obs  # two exposures of history more
+    torch.manual_seed(0)
+    enc = encoder(AgentSpec.from_env(tiny_sim, env.cfg), 16, 8)
+    both = enc(cat_obs(first, second))
+    assert both.shape == (12, 16)
+    assert torch.allclose(both[:6], enc(first), atol=1e-6) and torch.allclose(both[6:], enc(second), atol=1e-6)
+    assert not torch.allclose(both[:6], both[6:], atol=1e-3)  # the two batches really differ

@@ -72,6 +72,14 @@ def obs_from_batch(batch: dict[str, Tensor], prefix: str = "", candidates: Tenso
     return Obs(**{name: batch[prefix + name] for name in OBS_FIELDS}, candidates=candidates)
 
 
+def cat_obs(first: Obs, second: Obs) -> Obs:
+    """The rows of ``first`` (M) then those of ``second`` (N) as one Obs (M + N), for one network pass over both
+    (the per-row fields of :data:`OBS_FIELDS`; ``first``'s candidates, no pair counts). A network without
+    cross-row operations gives each row what it gives it alone."""
+    return Obs(**{name: torch.cat([getattr(first, name), getattr(second, name)]) for name in OBS_FIELDS},
+               candidates=first.candidates)
+
+
 # --- the flat observation vector -----------------------------------------------------------------------------
 STEP_SCALE = 10.0  # step_in_session / 10, clipped to 1: KuaiSim sessions are 5 requests; learned ones vary
 WATCH_MAX = 3.0  # history token watch feature is log1p(seconds) / 5; the simulator clamps log-watch at 12 (2.4)

@@ -52,7 +52,7 @@ from retentionrl.nets.encoders import mlp
 from retentionrl.nets.optim import adam
 from retentionrl.nets.state import ContextDetector, StateEncoder
 from retentionrl.simulator.env import EnvConfig
-from retentionrl.spaces import OBS_FIELDS, Obs, obs_from_batch
+from retentionrl.spaces import Obs, cat_obs, obs_from_batch
 
 
 @dataclass
@@ -159,7 +159,7 @@ class GFN4Retention(TorchAgent):
         cfg, n = self.cfg, self.nets
         N = batch["reward"].shape[0]
         # s and s' through the encoders in one pass of 2N rows (half the ops of two passes).
-        both = obs_from_batch({f: torch.cat([batch[f], batch["next_" + f]]) for f in OBS_FIELDS})
+        both = cat_obs(obs_from_batch(batch), obs_from_batch(batch, "next_"))
         z_all = n.state(both)
         z, z2 = z_all[:N], z_all[N:]
         log_f_all = n.flow(z_all).squeeze(1)

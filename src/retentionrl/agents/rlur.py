@@ -58,7 +58,7 @@ from retentionrl.nets.optim import adam
 from retentionrl.nets.rnd import RND
 from retentionrl.nets.state import UserGroups
 from retentionrl.simulator.env import EnvConfig
-from retentionrl.spaces import Obs, obs_from_batch
+from retentionrl.spaces import Obs, cat_obs, obs_from_batch
 
 
 @dataclass
@@ -166,9 +166,12 @@ class RLUR(TorchAgent):
         z = self.critic.enc(obs)  # (N, S)
         p_logit = self.critic.p_within(z, g).squeeze(1)  # (N,)
         cost = normalized_cost(day, torch.sigmoid(p_logit.detach()), cfg.eta) if cfg.normalize else day
-        bonus = self.rnd.scaled_bonus(self.novelty(obs)) if cfg.rnd else torch.zeros_like(day)
-        with torch.no_grad():
-            a2, _ = squashed_sample(*self.actor_t(nxt, g2), self.gen)
+        novel = self.novelty(obs) if cfg.rnd else None  # (N, S) frozen: one pass for the bonus and the RND loss
+        bonus = self.rnd.scaled_bonus(novel) if cfg.rnd else torch.zeros_like(day)
+        n, kl_ref = len(end), cfg.soft_regularization > 0
+        with torch.no_grad():  # the target actor at s' (for a') and, for the KL penalty, at s: one pass
+            mu_t, log_std_t = self.actor_t(cat_obs(nxt, obs), torch.cat([g2, g])) if kl_ref else self.actor_t(nxt, g2)
+            a2, _ = squashed_sample(mu_t[:n], log_std_t[:n], self.gen)
             qt1, qt2, qi = self.critic_t.q(self.critic_t.enc(nxt), a2, g2)
             y_t = retention_target(cost, end, qt1, qt2, cfg.retention_gamma)
             y_i = immediate_target(batch["reward"], bonus, qi, cfg.rnd_weight, cfg.immediate_gamma)
@@ -179,16 +182,14 @@ class RLUR(TorchAgent):
         info = {"critic_loss": gradient_step(self.critic_opt, critic_loss), "classifier_loss": float(cls.detach()),
                 "q_retention": float(q_t1.detach().mean()), "q_immediate": float(q_i.detach().mean()), "rnd_bonus": float(bonus.mean())}
         if cfg.rnd:
-            info["rnd_loss"] = gradient_step(self.rnd_opt, self.rnd.loss(self.novelty(obs)))
+            info["rnd_loss"] = gradient_step(self.rnd_opt, self.rnd.loss(novel))
 
         mu, log_std = self.actor(obs, g)
         pi, _ = squashed_sample(mu, log_std, self.gen)
         qa_t, _, qa_i = self.critic.q(z.detach(), pi, g)
         actor_loss = (cfg.retention_weight * qa_t - cfg.immediate_weight * qa_i).mean()
-        if cfg.soft_regularization > 0:
-            with torch.no_grad():
-                mu_ref, log_std_ref = self.actor_t(obs, g)
-            kl = gaussian_kl(mu, log_std, mu_ref, log_std_ref).mean()
+        if kl_ref:  # the target actor has not moved since the pass above (Polyak steps come last)
+            kl = gaussian_kl(mu, log_std, mu_t[n:], log_std_t[n:]).mean()
             actor_loss = actor_loss + cfg.soft_regularization * kl
             info["kl"] = float(kl.detach())
         info["actor_loss"] = gradient_step(self.actor_opt, actor_loss)
