@@ -45,3 +45,15 @@ def test_resact_task_tables_have_their_preset_task_and_the_nine_methods(part: st
     raw = grid_mod.resolved_config(t.entries[0].config, t.entries[0].overrides, 0, labels[0])
     assert raw["preset"] == preset and raw["task"] == task and raw["agent"]["retention_weight"] == 1.0
     assert len(t.cells()) == 45
+
+
+def test_the_paper_budget_grid_changes_only_the_budget_and_its_cadence() -> None:
+    """Issue 16: the 100,000-step runs keep the benchmark configs' algorithm and hyper-parameters."""
+    [t] = load_grid(GRIDS / "paper_budget.yaml")
+    assert [e.label for e in t.entries] == [f"{m}-kuaisim" for m in ("td3", "sac", "cem", "rlur", "gfn4retention")]
+    for e in t.entries:
+        raw = grid_mod.resolved_config(e.config, e.overrides, 0, e.label)
+        base = grid_mod.resolved_config(e.config, {}, 0, e.label)  # the 2,000-step benchmark cell
+        changed = {k for k in set(raw) | set(base) if raw.get(k) != base.get(k)}
+        assert raw["total_steps"] == 100_000 and base["total_steps"] == 2_000
+        assert changed == {"total_steps", "eval_every", "checkpoint_every", "log_every"}, (e.label, changed)
