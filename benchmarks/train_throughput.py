@@ -1,7 +1,7 @@
 """Training speed: environment steps per second of the online loop, and where an update's time goes.
 
     python benchmarks/train_throughput.py [--bundle bundles/kuairand-pure] [--algos td3 sac rlur gfn4retention]
-                                          [--steps 200] [--base COMMIT [--repeat N]] [--threads 1]
+                                          [--steps 200] [--base COMMIT [--repeat N]] [--compile] [--threads 1]
 
 For each algorithm, with its benchmark config (``configs/train/<algo>-kuaisim.yaml``: 32 users per step, one
 update per step), the loop of ``retentionrl.training.online.train`` without its logging, evaluation and
@@ -13,7 +13,8 @@ passes, and each optimiser's step.
 
 ``--base COMMIT`` measures that commit's code too, in the same run, on the same bundle (a detached git worktree,
 imported through PYTHONPATH in a child process), so the before/after numbers share the machine's load;
-``--repeat N`` alternates the two N times per algorithm and reports each side's median run.
+``--repeat N`` alternates the two N times per algorithm and reports each side's median run. ``--compile`` also
+measures this tree with the run option ``compile: true`` (its compilation falls in the untimed warm-up).
 """
 
 from __future__ import annotations
@@ -103,12 +104,13 @@ class Profile:
         self.ms[f"{name} step"] += 1e3 * (time.perf_counter() - self._starts[id(opt)].pop())
 
 
-def measure(bundle: str, algo: str, steps: int, seed: int = 0) -> dict:
-    """steps/s of ``algo``'s online loop on ``bundle`` and the per-update breakdown (ms)."""
+def measure(bundle: str, algo: str, steps: int, seed: int = 0, compile: bool = False) -> dict:
+    """steps/s of ``algo``'s online loop on ``bundle`` and the per-update breakdown (ms); ``compile``: with the
+    run option ``compile: true`` (state encoders compiled; compilation happens in the warm-up steps)."""
     sim = Simulator.load(bundle)
     cfg = from_dict(TrainConfig, load_config(REPO / "configs" / "train" / f"{algo}-kuaisim.yaml"), algo)
     torch.manual_seed(seed)
-    agent = build_agent(cfg.algo, sim, cfg.agent, seed, cfg.env_config())
+    agent = build_agent(cfg.algo, sim, cfg.agent, seed, cfg.env_config(), compile=compile)
     env = sim.make_env(cfg.preset, n_users=cfg.n_users, users="train", action_mode=agent.action_mode,
                        **cfg.env_overrides())
     obs = env.reset(seed=seed)
@@ -147,11 +149,13 @@ def measure(bundle: str, algo: str, steps: int, seed: int = 0) -> dict:
         step()
     per_step = (time.perf_counter() - t) / steps
     timing = {k: v / steps for k, v in parts.items()}
-    with Profile(agent) as prof:
-        for _ in range(steps):
-            step()
-    breakdown = {k: v / steps for k, v in sorted(prof.ms.items())}
-    breakdown["encoder passes"] = prof.calls["encoder"] / steps
+    breakdown: dict[str, float] = {}
+    if not compile:  # (the global hooks would be traced into the compiled encoders: timing only)
+        with Profile(agent) as prof:
+            for _ in range(steps):
+                step()
+        breakdown = {k: v / steps for k, v in sorted(prof.ms.items())}
+        breakdown["encoder passes"] = prof.calls["encoder"] / steps
     return {"algo": algo, "ms_per_step": 1e3 * per_step, "steps_per_s": 1 / per_step,
             "run_minutes": RUN_STEPS * per_step / 60, **timing, "profiled": breakdown}
 
@@ -189,6 +193,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the grids' workers use one each)")
     ap.add_argument("--base", default=None, help="also measure this commit's code, for before/after")
     ap.add_argument("--repeat", type=int, default=1, help="with --base: alternate before/after this many times")
+    ap.add_argument("--compile", action="store_true",
+                    help="also measure this tree with the run option compile: true (compiled state encoders)")
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # child mode: one JSON line
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -200,15 +206,23 @@ def main() -> None:
           f"'100k-step run' = 100,000 x ms/step (loop only: no evaluation or checkpoints)")
     if not args.base:
         show(f"{head} (working tree)", [measure(args.bundle, a, args.steps) for a in args.algos])
+        if args.compile:
+            show(f"{head} (working tree), compile: true", [measure(args.bundle, a, args.steps, compile=True)
+                                                           for a in args.algos])
         return
     # Before and after alternate, per algorithm, --repeat times: a load change on a shared machine then hits
     # both, and the median of each side is reported.
-    runs: dict[str, list[list[dict]]] = {"before": [], "after": []}
+    runs: dict[str, list[list[dict]]] = {"before": [], "after": [], "compiled": []}
     for _ in range(args.repeat):
         for algo in args.algos:
             runs["before"].append(measure_commit(args.base, args.bundle, [algo], args.steps, args.threads))
             runs["after"].append([measure(args.bundle, algo, args.steps)])
-    for side, label in (("before", f"before: {args.base}"), ("after", f"after: {head} (working tree)")):
+            if args.compile:
+                runs["compiled"].append([measure(args.bundle, algo, args.steps, compile=True)])
+    sides = [("before", f"before: {args.base}"), ("after", f"after: {head} (working tree)")]
+    if args.compile:
+        sides.append(("compiled", f"after: {head} (working tree), compile: true"))
+    for side, label in sides:
         rows = [r for rs in runs[side] for r in rs]
         show(f"{label}, median of {args.repeat}", [median_row([r for r in rows if r["algo"] == a]) for a in args.algos])
 

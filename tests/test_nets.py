@@ -206,3 +206,29 @@ def test_one_encoder_pass_over_two_batches_gives_each_row_its_own_state(tiny_sim
     assert both.shape == (12, 16)
     assert torch.allclose(both[:6], enc(first), atol=1e-6) and torch.allclose(both[6:], enc(second), atol=1e-6)
     assert not torch.allclose(both[:6], both[6:], atol=1e-3)  # the two batches really differ
+
+
+def test_compiled_encoders_compute_the_eager_function_and_keep_the_state_dict(tiny_sim):
+    """The run option ``compile: true`` compiles the state encoders in place: same outputs and gradients up to
+    float rounding, the same state-dict keys (checkpoints load either way), and an unset option leaves every saved
+    config — and so every grid cell's key — as it was."""
+    from retentionrl.config import to_dict
+    from retentionrl.nets.actor_critic import AgentSpec, Critic
+    from retentionrl.nets.state import compile_encoders
+    from retentionrl.training.online import TrainConfig
+
+    env = tiny_sim.make_env("kuaisim", n_users=6, users="train")
+    obs = env.reset(seed=0)
+    obs = env.step(torch.rand(6, 7) * 2 - 1).obs
+    torch.manual_seed(0)
+    eager = Critic(AgentSpec.from_env(tiny_sim, env.cfg), 16, 8, [16])
+    compiled = copy.deepcopy(eager)
+    assert compile_encoders([compiled]) == 1
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    a = torch.rand(6, 7) * 2 - 1
+    q_e, q_c = eager(obs, a), compiled(obs, a)
+    assert torch.allclose(q_e, q_c, atol=1e-5)
+    g_e = torch.autograd.grad(q_e.square().sum(), list(eager.parameters()))
+    g_c = torch.autograd.grad(q_c.square().sum(), list(compiled.parameters()))
+    assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(g_e, g_c))
+    assert "compile" not in to_dict(TrainConfig()) and to_dict(TrainConfig(compile=True))["compile"] is True

@@ -47,7 +47,7 @@ def load_trained(run_dir: str, sim: Simulator, eval_overrides: Any = None) -> tu
     where = str(run.config)
     cfg = from_dict(trainer_for(raw.get("algo", "td3"), raw.get("loop"), where)[0], raw, where)
     cfg.eval_config()  # a bad (merged) eval key fails here, naming the key, before the agent is built
-    agent = build_agent(cfg.algo, sim, cfg.agent, cfg.seed, cfg.env_config(), str(run.config))
+    agent = build_agent(cfg.algo, sim, cfg.agent, cfg.seed, cfg.env_config(), str(run.config), compile=cfg.compile)
     if run.checkpoint.is_file():
         state = load_checkpoint(run.checkpoint)
         try:

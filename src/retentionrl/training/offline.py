@@ -184,7 +184,7 @@ def train_offline(cfg: OfflineTrainConfig, sim: Simulator, run_dir: str | Path, 
     check_stop_after(stop_after)
     torch.manual_seed(cfg.seed)
     env = cfg.env_config()  # what the agent acts in: its features' scales
-    agent = build_agent(cfg.algo, sim, cfg.agent, cfg.seed, env, where)
+    agent = build_agent(cfg.algo, sim, cfg.agent, cfg.seed, env, where, compile=cfg.compile)
     if not agent.learns:
         raise RetentionRLError(f"algorithm '{cfg.algo}' does not learn from data (nothing to train offline)")
     behaviour = build_agent(cfg.behaviour, sim, cfg.behaviour_agent, cfg.seed + 1, env, where, key="behaviour_agent")

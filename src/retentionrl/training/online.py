@@ -56,7 +56,7 @@ def train(cfg: TrainConfig, sim: Simulator, run_dir: str | Path, resume: bool = 
     cfg.validate(where)
     check_stop_after(stop_after)
     torch.manual_seed(cfg.seed)
-    agent = build_agent(cfg.algo, sim, cfg.agent, cfg.seed, cfg.env_config(), where)
+    agent = build_agent(cfg.algo, sim, cfg.agent, cfg.seed, cfg.env_config(), where, compile=cfg.compile)
     env = sim.make_env(cfg.preset, n_users=cfg.n_users, users="train", action_mode=agent.action_mode,
                        **cfg.env_overrides())
     eval_cfg = cfg.eval_config()

@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from torch import nn
 
 from retentionrl.agents import AGENTS, Agent, make_agent
 from retentionrl.config import OMIT_IF_DEFAULT, ConfigError, check_counts, from_dict, load_yaml, merge, to_dict
 from retentionrl.errors import RetentionRLError
 from retentionrl.evaluation.protocol import EvalConfig
+from retentionrl.nets.state import compile_encoders
 from retentionrl.simulator.bundle import SHORT, Simulator
 from retentionrl.simulator.env import PRESETS, EnvConfig, preset
 from retentionrl.utils.io import write_text_atomic
@@ -82,6 +84,9 @@ class RunConfig:
     # Which loop trains the agent (None: by algorithm, training.trainer_for); "offline" trains an online-capable
     # learner (TD3, DDPG, SAC) from the logs of a behaviour policy alone. Left out of the saved config while None.
     loop: Literal["online", "offline"] | None = field(default=None, metadata={OMIT_IF_DEFAULT: True})
+    # torch.compile the agent's state encoders (nets.state.compile_encoders): faster long runs, the same algorithm;
+    # float rounding differs from eager, so it is part of the config (and of a grid cell's key) when on.
+    compile: bool = field(default=False, metadata={OMIT_IF_DEFAULT: True})
 
     def env_overrides(self) -> dict[str, Any]:
         """``env`` without ``action_mode``: the agent decides that, in training and in evaluation alike."""
@@ -345,17 +350,21 @@ def check_stop_after(stop_after: int | None, name: str = "stop_after") -> None:
 
 
 def build_agent(algo: str, sim: Simulator, agent_cfg: dict[str, Any], seed: int, env: EnvConfig,
-                where: str = "train config", key: str = "agent") -> Agent:
+                where: str = "train config", key: str = "agent", compile: bool = False) -> Agent:
     """:func:`make_agent` whose errors name the train config file and its key: the agents' own ``build``
-    functions only know ``agent.<key>`` (``key`` is the section, ``behaviour_agent`` for offline logging)."""
+    functions only know ``agent.<key>`` (``key`` is the section, ``behaviour_agent`` for offline logging).
+    ``compile``: the run's ``compile`` option (the state encoders of the agent's modules compiled)."""
     if algo not in AGENTS:
         name = "algo" if key == "agent" else key.removesuffix("_agent")
         raise ConfigError(f"{where}.{name}: unknown algorithm '{algo}' (known: {', '.join(AGENTS)})")
     try:
-        return make_agent(algo, sim, agent_cfg, seed=seed, env=env)
+        agent = make_agent(algo, sim, agent_cfg, seed=seed, env=env)
     except RetentionRLError as exc:
         msg = str(exc)
         cls = ConfigError if isinstance(exc, ConfigError) else RetentionRLError
         if msg.startswith(("agent.", "agent:")):  # 'agent.gamma: ...' / 'agent: unknown key ...'
             raise cls(f"{where}.{key}{msg[len('agent'):]}") from None
         raise cls(f"{where}: {msg}") from None
+    if compile:
+        compile_encoders(m for m in vars(agent).values() if isinstance(m, nn.Module))
+    return agent
