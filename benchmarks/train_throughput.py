@@ -110,7 +110,8 @@ def measure(bundle: str, algo: str, steps: int, seed: int = 0, compile: bool = F
     sim = Simulator.load(bundle)
     cfg = from_dict(TrainConfig, load_config(REPO / "configs" / "train" / f"{algo}-kuaisim.yaml"), algo)
     torch.manual_seed(seed)
-    agent = build_agent(cfg.algo, sim, cfg.agent, seed, cfg.env_config(), compile=compile)
+    # (the keyword only when set: a --base commit's build_agent may predate it)
+    agent = build_agent(cfg.algo, sim, cfg.agent, seed, cfg.env_config(), **({"compile": True} if compile else {}))
     env = sim.make_env(cfg.preset, n_users=cfg.n_users, users="train", action_mode=agent.action_mode,
                        **cfg.env_overrides())
     obs = env.reset(seed=seed)
