@@ -600,3 +600,23 @@ def test_full_disk_while_logging_leaves_no_half_record(capsys, tmp_path, bundle,
     monkeypatch.undo()
     lines = (run / "metrics.jsonl").read_text().split("\n")
     assert len(lines) == 2 and lines[1] == "" and json.loads(lines[0])["step"] == 1
+
+
+def test_compile_without_a_cpp_compiler_is_one_line_naming_the_config_key(capsys, tiny_sim, tmp_path, monkeypatch):
+    """``compile: true`` needs a C++ compiler; without one the run is refused before anything is written, naming
+    the config file and key (inductor would otherwise fail at the first forward with a long trace)."""
+    import shutil
+
+    import yaml
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    bundle = str(tiny_sim.save(tmp_path / "bundle"))
+    cfg = tmp_path / "td3.yaml"
+    cfg.write_text(yaml.safe_dump({"algo": "td3", "total_steps": 8, "warmup_steps": 2, "n_users": 4, "compile": True,
+                                   "agent": {"batch_size": 4, "hidden": [8], "state_dim": 8, "token_dim": 8}}))
+    code = main(["train", "--config", str(cfg), "--simulator", bundle, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"{cfg}.compile" in err and "C++ compiler" in err
+    assert not (tmp_path / "run").exists()

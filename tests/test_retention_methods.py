@@ -258,3 +258,22 @@ def test_bad_agent_config_is_a_clear_error(tiny_sim):
         gfn4retention.build(tiny_sim, {"reward_offset": -0.1}, 0)
     with pytest.raises(Exception, match="immediate"):
         gfn4retention.build(tiny_sim, {"immediate": "sometimes"}, 0)
+
+
+def test_rlur_kl_penalty_is_against_the_target_actor_at_s_not_s_prime(tiny_sim, rollout):
+    """The target actor runs once over [s'; s]: the soft regularisation must take the s half. With the target
+    actor moved away from the actor, the update's KL equals KL(pi(.|s) || pi'(.|s)) computed directly."""
+    from retentionrl.nets.actor_critic import gaussian_kl
+    from retentionrl.spaces import obs_from_batch
+
+    _, batch = rollout
+    agent = rlur.build(tiny_sim, {**SMALL, **GROUPED}, 0)
+    with torch.no_grad():
+        agent.actor_t.head.biases[-1] += 0.3  # mean and log-std of every group move
+        obs, nxt = obs_from_batch(batch), obs_from_batch(batch, "next_")
+        g = agent.groups(obs)
+        want = gaussian_kl(*agent.actor(obs, g), *agent.actor_t(obs, g)).mean()
+        wrong = gaussian_kl(*agent.actor(obs, g), *agent.actor_t(nxt, agent.groups(nxt))).mean()
+    assert abs(float(want) - float(wrong)) > 1e-4  # s and s' really give different references
+    info = agent.update(batch)
+    assert info["kl"] == pytest.approx(float(want), rel=1e-5, abs=1e-7)

@@ -12,6 +12,8 @@ an agent's networks can be exactly the plain MLPs a gymnasium library (stable-ba
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -185,6 +187,13 @@ class SplitStateEncoder(nn.Module):
 
 #: the transformer state encoders :func:`compile_encoders` compiles (none contains another)
 COMPILED_ENCODERS = (StateEncoder, SplitStateEncoder, ContextDetector)
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU backend will find (``$CXX``, else g++, clang++ or c++ on PATH), or
+    None."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++", "c++"]
+    return next((path for name in names if (path := shutil.which(name))), None)
 
 
 def compile_encoders(modules: Iterable[nn.Module]) -> int:

@@ -30,7 +30,7 @@ from retentionrl.agents import AGENTS, Agent, make_agent
 from retentionrl.config import OMIT_IF_DEFAULT, ConfigError, check_counts, from_dict, load_yaml, merge, to_dict
 from retentionrl.errors import RetentionRLError
 from retentionrl.evaluation.protocol import EvalConfig
-from retentionrl.nets.state import compile_encoders
+from retentionrl.nets.state import compile_encoders, cpp_compiler
 from retentionrl.simulator.bundle import SHORT, Simulator
 from retentionrl.simulator.env import PRESETS, EnvConfig, preset
 from retentionrl.utils.io import write_text_atomic
@@ -366,5 +366,8 @@ def build_agent(algo: str, sim: Simulator, agent_cfg: dict[str, Any], seed: int,
             raise cls(f"{where}.{key}{msg[len('agent'):]}") from None
         raise cls(f"{where}: {msg}") from None
     if compile:
+        if cpp_compiler() is None:  # inductor would fail at the first forward, mid-run, with a long trace
+            raise ConfigError(f"{where}.compile: torch.compile needs a C++ compiler ($CXX, g++ or clang++ on PATH) "
+                              "and none was found; install one or set compile: false")
         compile_encoders(m for m in vars(agent).values() if isinstance(m, nn.Module))
     return agent
