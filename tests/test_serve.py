@@ -408,3 +408,20 @@ def test_a_checkpoint_that_does_not_fit_the_agent_is_a_clear_refusal(tiny_sim, t
     save_checkpoint(ckpt, state)
     with pytest.raises(RetentionRLError, match=r"last.pt: the checkpoint does not fit the agent this config builds"):
         export_run(tmp_path / "run", tmp_path / "a")
+
+
+def test_a_compiled_run_exports_on_a_machine_without_a_cpp_compiler(artifacts, tiny_sim, tmp_path, monkeypatch):
+    """Export needs the weights, not compiled encoders: a ``compile: true`` run exports where no C++ compiler is
+    (evaluation, which compiles to reproduce the run's numbers, is refused there: tests/test_bad_input.py)."""
+    from pathlib import Path
+
+    import yaml
+
+    run = tmp_path / "td3c"
+    shutil.copytree(Path(load_artifact(artifacts["td3"]).manifest["run"]["path"]), run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "compile": True}))
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    art = load_artifact(export_run(run, tmp_path / "artifact"))
+    assert art.manifest["run"]["config"]["compile"] is True

@@ -152,8 +152,8 @@ class _Block(nn.Module):
     def at(self, x: Tensor, bias: Tensor, queries: Tensor) -> Tensor:
         """The block's output at the positions ``queries`` (Q,) only, ``forward(x, ...)[0][:, queries]``:
         x (B, L, D), bias (B or 1, heads, Q, L) -> (B, Q, D). Keys and values of every position, the query
-        projection of the asked ones only (rows ``:D`` of the fused weight), and the attention in the
-        token-major layout the projections produce: no head-major copies, no attention rows nobody reads."""
+        projection of the asked ones only (rows ``:D`` of the fused weight) and attention rows for them only
+        (``einsum`` still lays k and v out head-major for its batched matmul)."""
         b, l, d = x.shape
         h, w, c = self.ln1(x), self.qkv.weight, self.qkv.bias
         kv = nn.functional.linear(h, w[d:], c[d:]).view(b, l, 2, self.heads, -1)  # (B, L, 2, heads, dh)

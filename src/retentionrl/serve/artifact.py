@@ -107,7 +107,7 @@ def export_run(run_dir: str | Path, out: str | Path, simulator: str | Path | Non
     if sim.inputs is None:
         raise ArtifactError(f"{sim.path}: the bundle has no inputs.json (raw item ids and feature scales); add it with "
                             f"'retentionrl simulator inputs {sim.path} --data-dir DATA'")
-    cfg, agent = load_trained(str(run.path), sim)
+    cfg, agent = load_trained(str(run.path), sim, compiled=False)  # weights only: no compiler needed
     if cfg.algo in NOT_SERVABLE:
         raise ArtifactError(f"{run.path}: '{cfg.algo}' cannot be served yet: {NOT_SERVABLE[cfg.algo]}")
     if cfg.algo not in FUSION | ITEMS:

@@ -31,12 +31,14 @@ def trainer_for(algo: str, loop: str | None = None, where: str = "train config")
     return TrainConfig, train
 
 
-def load_trained(run_dir: str, sim: Simulator, eval_overrides: Any = None) -> tuple[RunConfig, Agent]:
+def load_trained(run_dir: str, sim: Simulator, eval_overrides: Any = None, compiled: bool = True
+                 ) -> tuple[RunConfig, Agent]:
     """(train config, agent) of a run directory: its ``config.yaml`` with ``eval_overrides`` (a mapping, e.g.
     ``{"n_users": 32, "n_episodes": 96}``) merged over its ``eval`` section, and the agent restored from its
     checkpoint (``weights_only``) if there is one — what ``retentionrl evaluate`` scores. ``sim`` must be the
     simulator the run was made on (same fingerprint; a run made before fingerprints were recorded is not
-    checked)."""
+    checked). ``compiled``: a ``compile: true`` run's encoders are compiled as in training, so that evaluation
+    reproduces its numbers; False for callers that need only the weights (export)."""
     run = RunDir(run_dir)
     raw, _ = run.read_config()
     run.check_simulator(sim)
@@ -47,7 +49,8 @@ def load_trained(run_dir: str, sim: Simulator, eval_overrides: Any = None) -> tu
     where = str(run.config)
     cfg = from_dict(trainer_for(raw.get("algo", "td3"), raw.get("loop"), where)[0], raw, where)
     cfg.eval_config()  # a bad (merged) eval key fails here, naming the key, before the agent is built
-    agent = build_agent(cfg.algo, sim, cfg.agent, cfg.seed, cfg.env_config(), str(run.config), compile=cfg.compile)
+    agent = build_agent(cfg.algo, sim, cfg.agent, cfg.seed, cfg.env_config(), str(run.config),
+                        compile=cfg.compile and compiled)
     if run.checkpoint.is_file():
         state = load_checkpoint(run.checkpoint)
         try:
