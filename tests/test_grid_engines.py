@@ -104,6 +104,24 @@ def test_local_grid_runs_resumes_and_writes_the_table(tiny_sim, tmp_path, capsys
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp  # nothing rerun
 
 
+def test_a_partial_grid_does_not_shrink_a_fuller_table_on_disk(tiny_sim, tmp_path, capsys) -> None:
+    bundle = str(tiny_sim.save(tmp_path / "bundle"))
+    path = _write_grid(tmp_path, bundle)
+    assert main(["grid", str(path)]) == 0
+    table = tmp_path / "results" / "t" / "comparison.md"
+    full = table.read_text()
+    # A new machine: runs/ lost, one cell rerun with --only. Its 2-cell table must not replace the 4-cell one.
+    for p in (tmp_path / "runs").glob("td3-w16/*"):
+        p.rename(tmp_path / f"away-{p.name}")
+    assert main(["grid", str(path), "--only", "td3-w8"]) == 0
+    assert "t: 2 of 4 cells finished here" in capsys.readouterr().out and table.read_text() == full
+    assert main(["grid", str(path), "--no-run", "--overwrite-partial"]) == 0
+    assert "td3-w16" not in table.read_text() and _seeds(table.read_text(), "td3-w8") == 2
+    # Once every cell has finished again the table is written whatever is on disk.
+    assert main(["grid", str(path)]) == 0
+    assert _seeds(table.read_text(), "td3-w16") == 2
+
+
 def test_a_failing_cell_is_retried_then_reported_while_the_others_finish(tiny_sim, tmp_path, capsys,
                                                                       monkeypatch) -> None:
     bundle = str(tiny_sim.save(tmp_path / "bundle"))

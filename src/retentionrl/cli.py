@@ -240,7 +240,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     for table in tables:
         done = [c.run_dir for c in table.cells() if c.run_dir in finished]
         print(f"## {table.name} ({len(done)}/{len(table.entries) * len(table.seeds)} cells) -> {table.out}")
-        print(write_table(table, done))
+        print(write_table(table, done, args.overwrite_partial))
     missing = [c for c in chosen if c.run_dir not in finished]
     if missing and not args.no_run:
         print(f"retentionrl: {len(missing)} cell(s) did not finish (see the [grid] lines above); rerun to retry them",
@@ -399,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run only cells whose label matches (tables still read every finished cell)")
     gr.add_argument("--retries", type=int, default=1, help="tries again a failed cell this many times (default 1)")
     gr.add_argument("--no-run", action="store_true", help="only write the tables from the finished cells")
+    gr.add_argument("--overwrite-partial", action="store_true",
+                    help="let a table with unfinished cells replace one on disk made from more cells")
     gr.add_argument("--tensorboard", action="store_true", help="runs also write TensorBoard event files")
     gr.set_defaults(func=cmd_grid)
     ev = groups.add_parser("evaluate", help="evaluate a run's frozen policy with its evaluation protocol")

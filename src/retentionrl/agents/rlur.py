@@ -115,10 +115,11 @@ class RLURCritic(nn.Module):
         self.q_t1, self.q_t2, self.q_i = (GroupedMLP([S + A, *cfg.hidden, 1], groups) for _ in range(3))
         self.p_within = GroupedMLP([S, cfg.hidden[-1], 1], groups)
 
-    def q(self, z: Tensor, a: Tensor, group: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """z (N, S), a (N, 7) -> Q_T1, Q_T2, Q_I, each (N,)."""
+    def q(self, z: Tensor, a: Tensor, group: Tensor, heads: tuple[str, ...] = ("q_t1", "q_t2", "q_i")
+          ) -> tuple[Tensor, ...]:
+        """z (N, S), a (N, 7) -> the named heads' values, each (N,) (default Q_T1, Q_T2, Q_I)."""
         x = torch.cat([z, a], 1)
-        return tuple(h(x, group).squeeze(1) for h in (self.q_t1, self.q_t2, self.q_i))
+        return tuple(getattr(self, h)(x, group).squeeze(1) for h in heads)
 
 
 class RLUR(TorchAgent):
@@ -186,7 +187,7 @@ class RLUR(TorchAgent):
 
         mu, log_std = self.actor(obs, g)
         pi, _ = squashed_sample(mu, log_std, self.gen)
-        qa_t, _, qa_i = self.critic.q(z.detach(), pi, g)
+        qa_t, qa_i = self.critic.q(z.detach(), pi, g, heads=("q_t1", "q_i"))  # the loss does not use Q_T2
         actor_loss = (cfg.retention_weight * qa_t - cfg.immediate_weight * qa_i).mean()
         if kl_ref:  # the target actor has not moved since the pass above (Polyak steps come last)
             kl = gaussian_kl(mu, log_std, mu_t[n:], log_std_t[n:]).mean()

@@ -35,6 +35,7 @@ errors naming the file and the key.
 
 from __future__ import annotations
 
+import csv
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -254,10 +255,26 @@ def _lookup(raw: dict[str, Any], dotted: str) -> Any:
     return raw
 
 
-def write_table(table: Table, done: list[str]) -> str:
-    """comparison.md / .csv / curves of the finished cells, with the leverage, notes and sweep the table asks for."""
+def cells_on_disk(out: Path) -> int:
+    """How many cells the table written under ``out`` was made from (the seeds column of its comparison.csv
+    summed; 0 when there is none)."""
+    try:
+        with open(out / "comparison.csv", newline="") as f:
+            return sum(int(row["seeds"]) for row in csv.DictReader(f))
+    except (OSError, KeyError, ValueError):
+        return 0
+
+
+def write_table(table: Table, done: list[str], overwrite_partial: bool = False) -> str:
+    """comparison.md / .csv / curves of the finished cells, with the leverage, notes and sweep the table asks for.
+    A table with unfinished cells does not replace one on disk made from more cells (a ``--only`` run, or a new
+    machine whose runs/ holds a few cells, would otherwise shrink a committed table) unless ``overwrite_partial``."""
     if not done:
         return f"{table.name}: no finished cells yet\n"
+    total, before = len(table.entries) * len(table.seeds), cells_on_disk(table.out)
+    if len(done) < total and before > len(done) and not overwrite_partial:
+        return (f"{table.name}: {len(done)} of {total} cells finished here; {table.out} left as is (made from {before} "
+                f"cells; --overwrite-partial replaces it)\n")
     extra = leverage_text(table) if table.leverage is not None else ""
     for note in table.notes:
         extra += ("\n" if extra else "") + note.read_text()
