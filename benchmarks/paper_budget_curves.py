@@ -18,18 +18,12 @@ import glob
 from collections import defaultdict
 from pathlib import Path
 
-from retentionrl.bench.report import METRICS, load_runs
+from retentionrl.bench.report import METRICS, eval_points, load_runs
 from retentionrl.evaluation.stats import mean_ci
 from retentionrl.training.run import RunDir
 from retentionrl.utils.io import atomic_path, write_text_atomic
 
 PANELS = ("return_time", "click_rate")
-
-
-def eval_curve(run_dir: Path, metric: str) -> dict[int, float]:
-    """step -> the metric of the periodic frozen-policy evaluation at that step."""
-    return {r["step"]: r[metric] for r in RunDir(run_dir).read_metrics()
-            if r.get("event") == "eval" and r.get(metric) is not None}
 
 
 def algo_of(run_dir: Path) -> str:
@@ -54,6 +48,8 @@ def main() -> None:
         for r in rs:
             by_algo[algo_of(r["dir"])]["long" if r["dir"] in long_dirs else "short"].append(r)
     algos = [a for a in by_algo if by_algo[a]["long"] and by_algo[a]["short"]]
+    evals = {r["dir"]: {m: dict(pts) for m, pts in eval_points(r["dir"], PANELS).items()}
+             for a in algos for side in ("long", "short") for r in by_algo[a][side]}  # step -> value per metric
 
     import matplotlib
 
@@ -67,14 +63,14 @@ def main() -> None:
         short, long = by_algo[algo]["short"], by_algo[algo]["long"]
         for i, metric in enumerate(PANELS):
             ax = axes[i][j]
-            curves = [eval_curve(r["dir"], metric) for r in short]
+            curves = [evals[r["dir"]][metric] for r in short]
             steps = sorted(set.intersection(*(set(c) for c in curves)))
             stats = [mean_ci([c[s] for c in curves]) for s in steps]
             for k, c in enumerate(curves):  # each seed (a CI band over 3 seeds would hide the long run's scale)
                 ax.plot(steps, [c[s] for s in steps], color="C0", lw=0.8, alpha=0.6, marker="o", ms=2,
                         label=f"{len(short)} seeds × {max(steps):,} steps" if k == 0 else None)
             for r in long:
-                c = eval_curve(r["dir"], metric)
+                c = evals[r["dir"]][metric]
                 ax.plot(sorted(c), [c[s] for s in sorted(c)], color="C3", marker=".", ms=3, label=f"seed {r['seed']} × {max(c):,} steps")
                 minutes = "" if r["train_seconds"] is None else f"{r['train_seconds'] / 60:.0f}"
                 vals = list(c.values())

@@ -239,7 +239,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     finished = {c.run_dir for c in every if (Path(c.run_dir) / "summary.json").is_file()}
     for table in tables:
         done = [c.run_dir for c in table.cells() if c.run_dir in finished]
-        print(f"## {table.name} ({len(done)}/{len(table.entries) * len(table.seeds)} cells) -> {table.out}")
+        print(f"## {table.name} ({len(done)}/{table.n_cells} cells) -> {table.out}")
         print(write_table(table, done, args.overwrite_partial))
     missing = [c for c in chosen if c.run_dir not in finished]
     if missing and not args.no_run:

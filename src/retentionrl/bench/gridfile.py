@@ -84,6 +84,11 @@ class Table:
     sweep: dict[str, Any] | None = None
     where: str = ""  # "<file>: tables.<name>" for errors
 
+    @property
+    def n_cells(self) -> int:
+        """How many cells the table has (entries × seeds), finished or not."""
+        return len(self.entries) * len(self.seeds)
+
     def cells(self) -> list[Cell]:
         return [c for e in self.entries
                 for c in cells([(e.label, e.config, e.overrides)], self.seeds, e.runs, str(self.bundle))]
@@ -271,9 +276,9 @@ def write_table(table: Table, done: list[str], overwrite_partial: bool = False) 
     machine whose runs/ holds a few cells, would otherwise shrink a committed table) unless ``overwrite_partial``."""
     if not done:
         return f"{table.name}: no finished cells yet\n"
-    total, before = len(table.entries) * len(table.seeds), cells_on_disk(table.out)
-    if len(done) < total and before > len(done) and not overwrite_partial:
-        return (f"{table.name}: {len(done)} of {total} cells finished here; {table.out} left as is (made from {before} "
+    before = cells_on_disk(table.out)
+    if len(done) < table.n_cells and before > len(done) and not overwrite_partial:
+        return (f"{table.name}: {len(done)} of {table.n_cells} cells finished here; {table.out} left as is (made from {before} "
                 f"cells; --overwrite-partial replaces it)\n")
     extra = leverage_text(table) if table.leverage is not None else ""
     for note in table.notes:

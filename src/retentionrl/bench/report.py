@@ -166,6 +166,18 @@ def comparison_table(runs: dict[str, list[dict[str, Any]]], reference: str | Non
     return "\n".join(lines) + "\n" + note, buf.getvalue(), reference
 
 
+def eval_points(run_dir: str | Path, metrics: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
+    """metric -> (step, value) of each periodic frozen-policy evaluation in the run's ``metrics.jsonl``, in file
+    order (read once; a bad line is an error naming the file and line)."""
+    points: dict[str, list[tuple[int, float]]] = {m: [] for m in metrics}
+    for rec in RunDir(run_dir).read_metrics():
+        if rec.get("event") == "eval":
+            for m in metrics:
+                if rec.get(m) is not None:
+                    points[m].append((rec["step"], rec[m]))
+    return points
+
+
 def training_curves(runs: dict[str, list[dict[str, Any]]], path: Path, metric: str = "return_time") -> None:
     """Mean over seeds of the periodic frozen-policy evaluations, one line per method."""
     import matplotlib
@@ -177,9 +189,8 @@ def training_curves(runs: dict[str, list[dict[str, Any]]], path: Path, metric: s
     for m, rs in runs.items():
         by_step: dict[int, list[float]] = curves.setdefault(m, defaultdict(list))
         for r in rs:
-            for rec in RunDir(r["dir"]).read_metrics():  # a bad line: an error naming the file and line
-                if rec.get("event") == "eval" and rec.get(metric) is not None:
-                    by_step[rec["step"]].append(rec[metric])
+            for step, value in eval_points(r["dir"], (metric,))[metric]:
+                by_step[step].append(value)
     fig, ax = plt.subplots(figsize=(7, 4))
     for m, by_step in curves.items():
         if by_step:
